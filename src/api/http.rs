@@ -1,0 +1,67 @@
+//! HTTP routes: `/healthz`, `/readyz`, `/api/pool`, `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::pool::ContainerPool;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: ContainerPool,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/pool", get(pool_status))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// 200 while the process runs.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// 200 when the pool can hand out a sandbox now and the breaker is not open; else 503 with
+/// the reason.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.pool.is_ready() {
+        Ok(()) => Json(json!({"ready": true})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason, "breaker": state.pool.gate().breaker_state()})),
+        )
+            .into_response(),
+    }
+}
+
+/// The pool's counts, its image and the breaker state, plus the Docker gate's queue.
+async fn pool_status(State(state): State<AppState>) -> Response {
+    let pool = state.pool.status();
+    let gate = state.pool.gate().status();
+    let mut body = serde_json::to_value(&pool).unwrap_or_else(|_| json!({}));
+    body["gate"] = serde_json::to_value(&gate).unwrap_or_else(|_| json!({}));
+    Json(body).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(&state.pool),
+    )
+        .into_response()
+}

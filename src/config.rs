@@ -1,0 +1,372 @@
+//! Configuration: one [`Config`] parsed once at startup from command-line flags and
+//! `SANDPOOL_*` environment variables.
+//!
+//! Every field documents its default and unit. A malformed value is a startup error that
+//! names the variable; nothing here silently falls back to a default when a value fails to
+//! parse. This module must not read the environment anywhere else than in [`Cli::parse_from_env`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The command line of the `sandpool` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandpool",
+    version,
+    about = "A pre-warmed pool of hardened sandbox containers"
+)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by every subcommand.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// The subcommands of the binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Work with the sandbox image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+/// `sandpool image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the default sandbox image from `pool-images/sandbox` without a registry.
+    Build,
+}
+
+/// Every setting of the service. Flags win over environment variables, which win over defaults.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the HTTP and Socket.IO server listens on. Default `127.0.0.1:3000`.
+    #[arg(long, env = "SANDPOOL_LISTEN", default_value = "127.0.0.1:3000", value_parser = parse_env::<SocketAddr>("SANDPOOL_LISTEN"))]
+    pub listen: SocketAddr,
+
+    /// Identity of this replica: every container it creates is labeled with it, and a restart
+    /// with the same id adopts or removes what an earlier run left behind. Letters, digits,
+    /// `-`, `_` and `.`. Default: the host name, or `local`.
+    #[arg(long, env = "SANDPOOL_INSTANCE_ID", default_value_t = default_instance_id(), value_parser = parse_instance_id)]
+    pub instance_id: String,
+
+    /// Docker endpoint: `unix:///path/to/docker.sock`. Default `unix:///var/run/docker.sock`.
+    #[arg(
+        long,
+        env = "SANDPOOL_DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
+
+    #[command(flatten)]
+    pub gate: GateConfig,
+
+    #[command(flatten)]
+    pub pool: PoolConfig,
+
+    #[command(flatten)]
+    pub image: ImageConfig,
+
+    /// How long graceful shutdown may take before the process exits anyway, in seconds.
+    /// Default 30.
+    #[arg(long, env = "SANDPOOL_SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_env::<u64>("SANDPOOL_SHUTDOWN_TIMEOUT_SECS"))]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Settings of the Docker gate (`src/docker/gate.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct GateConfig {
+    /// Docker calls in flight at once. Default 20.
+    #[arg(long = "docker-max-concurrent", env = "SANDPOOL_DOCKER_MAX_CONCURRENT", default_value = "20", value_parser = parse_positive("SANDPOOL_DOCKER_MAX_CONCURRENT"))]
+    pub max_concurrent: usize,
+
+    /// Callers allowed to wait for a slot; one more fails at once with `overloaded`. Default 100.
+    #[arg(long = "docker-max-queue", env = "SANDPOOL_DOCKER_MAX_QUEUE", default_value = "100", value_parser = parse_env::<usize>("SANDPOOL_DOCKER_MAX_QUEUE"))]
+    pub max_queue: usize,
+
+    /// Consecutive failed Docker calls that open the circuit breaker. Default 5.
+    #[arg(long = "docker-breaker-failures", env = "SANDPOOL_DOCKER_BREAKER_FAILURES", default_value = "5", value_parser = parse_positive("SANDPOOL_DOCKER_BREAKER_FAILURES"))]
+    pub breaker_failures: usize,
+
+    /// How long the open breaker fails fast before it lets one probe through, in milliseconds.
+    /// Default 30000.
+    #[arg(long = "docker-breaker-cooldown-ms", env = "SANDPOOL_DOCKER_BREAKER_COOLDOWN_MS", default_value = "30000", value_parser = parse_env::<u64>("SANDPOOL_DOCKER_BREAKER_COOLDOWN_MS"))]
+    pub breaker_cooldown_ms: u64,
+
+    /// Upper bound on one Docker call, streamed exec output included, in milliseconds.
+    /// Default 30000.
+    #[arg(long = "docker-call-timeout-ms", env = "SANDPOOL_DOCKER_CALL_TIMEOUT_MS", default_value = "30000", value_parser = parse_positive("SANDPOOL_DOCKER_CALL_TIMEOUT_MS"))]
+    pub call_timeout_ms: usize,
+
+    /// Attempts of an idempotent call (inspect, list, remove, start, exec inspect) before the
+    /// gate gives up. Creates are never retried. Default 3.
+    #[arg(long = "docker-retry-attempts", env = "SANDPOOL_DOCKER_RETRY_ATTEMPTS", default_value = "3", value_parser = parse_positive("SANDPOOL_DOCKER_RETRY_ATTEMPTS"))]
+    pub retry_attempts: usize,
+
+    /// First backoff delay between retries, in milliseconds; it doubles, with jitter. Default 100.
+    #[arg(long = "docker-retry-base-ms", env = "SANDPOOL_DOCKER_RETRY_BASE_MS", default_value = "100", value_parser = parse_env::<u64>("SANDPOOL_DOCKER_RETRY_BASE_MS"))]
+    pub retry_base_ms: u64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 20,
+            max_queue: 100,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+            call_timeout_ms: 30_000,
+            retry_attempts: 3,
+            retry_base_ms: 100,
+        }
+    }
+}
+
+impl GateConfig {
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms as u64)
+    }
+    pub fn breaker_cooldown(&self) -> Duration {
+        Duration::from_millis(self.breaker_cooldown_ms)
+    }
+}
+
+/// Settings of the container pool (`src/pool/`) and of every sandbox it creates.
+#[derive(Debug, Clone, Args)]
+pub struct PoolConfig {
+    /// Idle, scrubbed containers the pool keeps ready. Default 10.
+    #[arg(long = "pool-min-idle", env = "SANDPOOL_POOL_MIN_IDLE", default_value = "10", value_parser = parse_env::<usize>("SANDPOOL_POOL_MIN_IDLE"))]
+    pub min_idle: usize,
+
+    /// Containers of this instance at most: idle, leased, being created or scrubbed. Default 100.
+    #[arg(long = "pool-max", env = "SANDPOOL_POOL_MAX", default_value = "100", value_parser = parse_positive("SANDPOOL_POOL_MAX"))]
+    pub max: usize,
+
+    /// Leases a container serves before it is destroyed instead of recycled. Default 50.
+    #[arg(long = "pool-max-uses", env = "SANDPOOL_POOL_MAX_USES", default_value = "50", value_parser = parse_positive("SANDPOOL_POOL_MAX_USES"))]
+    pub max_uses: usize,
+
+    /// Age after which a container is destroyed instead of recycled, in seconds. Default 3600.
+    #[arg(long = "pool-max-age-secs", env = "SANDPOOL_POOL_MAX_AGE_SECS", default_value = "3600", value_parser = parse_env::<u64>("SANDPOOL_POOL_MAX_AGE_SECS"))]
+    pub max_age_secs: u64,
+
+    /// How long `acquire` waits for a container when none is idle and the pool is at its
+    /// maximum, in milliseconds. Default 5000.
+    #[arg(long = "pool-acquire-timeout-ms", env = "SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS", default_value = "5000", value_parser = parse_env::<u64>("SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS"))]
+    pub acquire_timeout_ms: u64,
+
+    /// Containers the refill task creates at once. Default 4.
+    #[arg(long = "pool-create-parallelism", env = "SANDPOOL_POOL_CREATE_PARALLELISM", default_value = "4", value_parser = parse_positive("SANDPOOL_POOL_CREATE_PARALLELISM"))]
+    pub create_parallelism: usize,
+
+    /// Period of the check that compares the pool with Docker's own list, in milliseconds.
+    /// Default 30000.
+    #[arg(long = "pool-reconcile-interval-ms", env = "SANDPOOL_POOL_RECONCILE_INTERVAL_MS", default_value = "30000", value_parser = parse_positive("SANDPOOL_POOL_RECONCILE_INTERVAL_MS"))]
+    pub reconcile_interval_ms: usize,
+
+    /// Upper bound on the scrub-and-verify of one released container, in milliseconds.
+    /// Default 10000.
+    #[arg(long = "pool-scrub-timeout-ms", env = "SANDPOOL_POOL_SCRUB_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive("SANDPOOL_POOL_SCRUB_TIMEOUT_MS"))]
+    pub scrub_timeout_ms: usize,
+
+    /// Memory limit of one sandbox, in bytes. Default 536870912 (512 MiB).
+    #[arg(long = "sandbox-memory-bytes", env = "SANDPOOL_SANDBOX_MEMORY_BYTES", default_value = "536870912", value_parser = parse_positive("SANDPOOL_SANDBOX_MEMORY_BYTES"))]
+    pub memory_bytes: usize,
+
+    /// CPU limit of one sandbox, in cores (fractions allowed). Default 1.0.
+    #[arg(long = "sandbox-cpus", env = "SANDPOOL_SANDBOX_CPUS", default_value = "1.0", value_parser = parse_cpus)]
+    pub cpus: f64,
+
+    /// Processes one sandbox may have at once. Default 256.
+    #[arg(long = "sandbox-pids-limit", env = "SANDPOOL_SANDBOX_PIDS_LIMIT", default_value = "256", value_parser = parse_positive("SANDPOOL_SANDBOX_PIDS_LIMIT"))]
+    pub pids_limit: usize,
+
+    /// Size of each writable tmpfs (`/workspace`, `/tmp`, the home directory), in bytes.
+    /// Default 268435456 (256 MiB).
+    #[arg(long = "sandbox-tmpfs-bytes", env = "SANDPOOL_SANDBOX_TMPFS_BYTES", default_value = "268435456", value_parser = parse_positive("SANDPOOL_SANDBOX_TMPFS_BYTES"))]
+    pub tmpfs_bytes: usize,
+
+    /// Docker network mode of a sandbox: `none` (no network) or the name of a network.
+    /// Default `none`.
+    #[arg(
+        long = "sandbox-network",
+        env = "SANDPOOL_SANDBOX_NETWORK",
+        default_value = "none"
+    )]
+    pub network: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_idle: 10,
+            max: 100,
+            max_uses: 50,
+            max_age_secs: 3600,
+            acquire_timeout_ms: 5000,
+            create_parallelism: 4,
+            reconcile_interval_ms: 30_000,
+            scrub_timeout_ms: 10_000,
+            memory_bytes: 512 << 20,
+            cpus: 1.0,
+            pids_limit: 256,
+            tmpfs_bytes: 256 << 20,
+            network: "none".into(),
+        }
+    }
+}
+
+/// Which image the sandboxes run and how to build it.
+#[derive(Debug, Clone, Args)]
+pub struct ImageConfig {
+    /// Image of every sandbox. Default `sandpool/sandbox:latest`.
+    #[arg(
+        long = "image",
+        env = "SANDPOOL_IMAGE",
+        default_value = "sandpool/sandbox:latest"
+    )]
+    pub image: String,
+
+    /// Build the image at startup when Docker does not have it. Default true.
+    #[arg(long = "image-auto-build", env = "SANDPOOL_IMAGE_AUTO_BUILD", default_value = "true", value_parser = parse_env::<bool>("SANDPOOL_IMAGE_AUTO_BUILD"))]
+    pub auto_build: bool,
+
+    /// `BASE_IMAGE` build argument: `scratch` needs no registry. Default `scratch`.
+    #[arg(
+        long = "image-base",
+        env = "SANDPOOL_IMAGE_BASE",
+        default_value = "scratch"
+    )]
+    pub base_image: String,
+
+    /// Static busybox copied into the image (Debian package `busybox-static`). Default
+    /// `/bin/busybox`.
+    #[arg(
+        long = "image-busybox-path",
+        env = "SANDPOOL_IMAGE_BUSYBOX_PATH",
+        default_value = "/bin/busybox"
+    )]
+    pub busybox_path: String,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            image: "sandpool/sandbox:latest".into(),
+            auto_build: true,
+            base_image: "scratch".into(),
+            busybox_path: "/bin/busybox".into(),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration with every default, for tests and embedding.
+    pub fn with_instance(instance_id: impl Into<String>) -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("static address"),
+            instance_id: instance_id.into(),
+            docker_host: "unix:///var/run/docker.sock".into(),
+            gate: GateConfig::default(),
+            pool: PoolConfig::default(),
+            image: ImageConfig::default(),
+            shutdown_timeout_secs: 30,
+        }
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+}
+
+fn default_instance_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| parse_instance_id(h).is_ok())
+        .unwrap_or_else(|| "local".to_string())
+}
+
+fn parse_instance_id(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "SANDPOOL_INSTANCE_ID: {value:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// A value parser whose error names the environment variable, so that a malformed value
+/// from the environment is easy to trace.
+fn parse_env<T>(var: &'static str) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    move |value: &str| {
+        value
+            .trim()
+            .parse::<T>()
+            .map_err(|e| format!("{var}: {value:?} is not valid: {e}"))
+    }
+}
+
+fn parse_positive(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
+    move |value: &str| match value.trim().parse::<usize>() {
+        Ok(0) => Err(format!("{var}: must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{var}: {value:?} is not valid: {e}")),
+    }
+}
+
+fn parse_cpus(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
+        Ok(_) => Err("SANDPOOL_SANDBOX_CPUS: must be a positive number of cores".into()),
+        Err(e) => Err(format!(
+            "SANDPOOL_SANDBOX_CPUS: {value:?} is not valid: {e}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let cli = Cli::try_parse_from(["sandpool", "--instance-id", "t1"]).unwrap();
+        assert_eq!(cli.config.gate.max_concurrent, 20);
+        assert_eq!(cli.config.gate.max_queue, 100);
+        assert_eq!(cli.config.pool.min_idle, 10);
+        assert_eq!(cli.config.pool.max, 100);
+        assert_eq!(cli.config.listen.to_string(), "127.0.0.1:3000");
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn malformed_value_names_the_variable() {
+        let err = Cli::try_parse_from(["sandpool", "--pool-max", "lots"]).unwrap_err();
+        assert!(err.to_string().contains("SANDPOOL_POOL_MAX"), "{err}");
+        let err = Cli::try_parse_from(["sandpool", "--pool-max", "0"]).unwrap_err();
+        assert!(err.to_string().contains("SANDPOOL_POOL_MAX"), "{err}");
+        let err = Cli::try_parse_from(["sandpool", "--instance-id", "a b"]).unwrap_err();
+        assert!(err.to_string().contains("SANDPOOL_INSTANCE_ID"), "{err}");
+    }
+}

@@ -1,0 +1,621 @@
+//! The Docker gate: the one door every Docker call goes through.
+//!
+//! A call first asks the circuit breaker (fail fast with `Unavailable` while it is open), then
+//! takes a slot of a semaphore (at most `max_concurrent` calls in flight; at most `max_queue`
+//! callers waiting, one more fails at once with `Overloaded`), then runs under the gate's
+//! timeout. Idempotent calls are retried with exponential backoff and jitter on transient
+//! errors; a create is never retried blindly.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::breaker::{Breaker, BreakerState};
+use super::error::DockerError;
+use super::spec::{LABEL_INSTANCE, LABEL_ROLE, ROLE_SANDBOX, SandboxSpec};
+use crate::config::GateConfig;
+
+/// The gate. Cheap to share behind an `Arc`.
+pub struct DockerGate {
+    docker: Docker,
+    /// Slots for calls in flight; its size is `max_concurrent`.
+    permits: Arc<Semaphore>,
+    max_concurrent: usize,
+    /// Callers waiting for a slot right now, bounded by `max_queue`.
+    waiting: AtomicUsize,
+    max_queue: usize,
+    breaker: Breaker,
+    call_timeout: Duration,
+    retry_attempts: usize,
+    retry_base: Duration,
+    /// Requests sent to Docker, attempts included. Tests read it to prove that a path makes
+    /// no Docker call; the metrics export it.
+    calls_total: AtomicU64,
+    /// Calls that failed with a transient error (what the breaker counts).
+    failures_total: AtomicU64,
+    /// Calls refused with `Overloaded`.
+    overloaded_total: AtomicU64,
+}
+
+/// A snapshot for `/api/pool`, `/readyz` and the metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GateStatus {
+    pub in_flight: usize,
+    pub waiting: usize,
+    pub max_concurrent: usize,
+    pub max_queue: usize,
+    pub breaker: BreakerState,
+    pub calls_total: u64,
+    pub failures_total: u64,
+    pub overloaded_total: u64,
+}
+
+/// What Docker says of one sandbox container.
+#[derive(Debug, Clone)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub running: bool,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: i64,
+    pub image: String,
+}
+
+/// A container event from Docker's event stream, for containers of one instance.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub id: String,
+    pub action: String,
+}
+
+/// A command to run in a container.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub cmd: Vec<String>,
+    /// `uid:gid` to run as.
+    pub user: String,
+    pub working_dir: Option<String>,
+    pub env: Vec<String>,
+    /// Upper bound on the whole exec, streamed output included.
+    pub timeout: Duration,
+    /// Bytes kept per stream; the rest is read and dropped, and `truncated` is set.
+    pub output_limit: usize,
+}
+
+/// Which stream a chunk of exec output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// A chunk of exec output, for callers that stream it on.
+#[derive(Debug, Clone)]
+pub struct ExecChunk {
+    pub stream: OutputStream,
+    pub data: bytes::Bytes,
+}
+
+/// What an exec produced.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// `None` when the command was still running at the timeout.
+    pub exit_code: Option<i64>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub truncated: bool,
+    pub timed_out: bool,
+}
+
+impl DockerGate {
+    /// Connects to the Docker endpoint `host` (`unix:///path`) and negotiates the API version.
+    /// An endpoint that does not answer is not an error here: the calls will fail through the
+    /// breaker, which is how the service reports it.
+    pub async fn connect(host: &str, config: &GateConfig) -> Result<Arc<Self>, DockerError> {
+        let path = host.strip_prefix("unix://").unwrap_or(host);
+        // bollard's own timeout covers only the response headers; ours covers whole calls.
+        // Keep bollard's a little longer so that ours is the one that fires.
+        let bollard_timeout = config.call_timeout().as_secs() + 5;
+        let docker = Docker::connect_with_unix(path, bollard_timeout, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| DockerError::from_bollard("connect", e))?;
+        let docker = match timeout(Duration::from_secs(5), docker.clone().negotiate_version()).await
+        {
+            Ok(Ok(d)) => d,
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                // 1.41 (Docker 20.10) has every call sandpool makes.
+                tracing::warn!(%error, "docker version negotiation failed, using API 1.41");
+                Docker::connect_with_unix(
+                    path,
+                    bollard_timeout,
+                    &bollard::ClientVersion {
+                        major_version: 1,
+                        minor_version: 41,
+                    },
+                )
+                .map_err(|e| DockerError::from_bollard("connect", e))?
+            }
+        };
+        Ok(Arc::new(Self {
+            docker,
+            permits: Arc::new(Semaphore::new(config.max_concurrent)),
+            max_concurrent: config.max_concurrent,
+            waiting: AtomicUsize::new(0),
+            max_queue: config.max_queue,
+            breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown()),
+            call_timeout: config.call_timeout(),
+            retry_attempts: config.retry_attempts,
+            retry_base: Duration::from_millis(config.retry_base_ms),
+            calls_total: AtomicU64::new(0),
+            failures_total: AtomicU64::new(0),
+            overloaded_total: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn status(&self) -> GateStatus {
+        GateStatus {
+            in_flight: self.max_concurrent - self.permits.available_permits(),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            max_concurrent: self.max_concurrent,
+            max_queue: self.max_queue,
+            breaker: self.breaker.state(),
+            calls_total: self.calls_total.load(Ordering::Relaxed),
+            failures_total: self.failures_total.load(Ordering::Relaxed),
+            overloaded_total: self.overloaded_total.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Takes a slot, waiting in the bounded queue when none is free.
+    async fn admit(&self, op: &'static str) -> Result<OwnedSemaphorePermit, DockerError> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let already = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _leave = DecrementOnDrop(&self.waiting);
+        if already >= self.max_queue {
+            self.overloaded_total.fetch_add(1, Ordering::Relaxed);
+            return Err(DockerError::Overloaded { waiting: already });
+        }
+        match timeout(self.call_timeout, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treat it like a timeout if it ever is.
+            Ok(Err(_)) | Err(_) => Err(DockerError::Timeout {
+                op,
+                after: self.call_timeout,
+            }),
+        }
+    }
+
+    /// One attempt of a call, reported to the breaker.
+    async fn attempt<T, F, Fut>(&self, op: &'static str, f: &F) -> Result<T, DockerError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        let ticket = self.breaker.try_pass().ok_or(DockerError::Unavailable)?;
+        self.calls_total.fetch_add(1, Ordering::Relaxed);
+        let result = match timeout(self.call_timeout, f()).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(DockerError::from_bollard(op, e)),
+            Err(_) => Err(DockerError::Timeout {
+                op,
+                after: self.call_timeout,
+            }),
+        };
+        match &result {
+            Ok(_) => ticket.success(),
+            Err(e) if e.is_transient() => {
+                self.failures_total.fetch_add(1, Ordering::Relaxed);
+                ticket.failure()
+            }
+            Err(_) => ticket.neutral(),
+        }
+        result
+    }
+
+    /// Runs one Docker call through the gate. `idempotent` calls are retried on transient
+    /// errors; others run once.
+    async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        idempotent: bool,
+        f: F,
+    ) -> Result<T, DockerError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        if self.breaker.state() == BreakerState::Open {
+            return Err(DockerError::Unavailable);
+        }
+        let _permit = self.admit(op).await?;
+        if !idempotent || self.retry_attempts <= 1 {
+            return self.attempt(op, &f).await;
+        }
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry_base)
+            .with_max_delay(self.retry_base * 16)
+            .with_max_times(self.retry_attempts - 1)
+            .with_jitter();
+        (|| self.attempt(op, &f))
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(DockerError::is_transient)
+            .notify(|error, delay| {
+                tracing::debug!(op, %error, delay_ms = delay.as_millis() as u64, "retrying docker call")
+            })
+            .await
+    }
+
+    /// Asks Docker whether it is there.
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.call("ping", true, || self.docker.ping())
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether Docker has the image `tag`.
+    pub async fn image_exists(&self, tag: &str) -> Result<bool, DockerError> {
+        match self
+            .call("inspect_image", true, || self.docker.inspect_image(tag))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(DockerError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Builds an image from a tar build context with the classic builder, which needs no
+    /// registry for `FROM scratch`. Returns the build log.
+    pub async fn build_image(
+        &self,
+        tag: &str,
+        context_tar: bytes::Bytes,
+        build_args: &HashMap<String, String>,
+        labels: &HashMap<String, String>,
+    ) -> Result<String, DockerError> {
+        let op = "build_image";
+        let _permit = self.admit(op).await?;
+        let ticket = self.breaker.try_pass().ok_or(DockerError::Unavailable)?;
+        self.calls_total.fetch_add(1, Ordering::Relaxed);
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(build_args)
+            .labels(labels)
+            .build();
+        let mut stream =
+            self.docker
+                .build_image(options, None, Some(bollard::body_full(context_tar)));
+        let mut log = String::new();
+        // Building is slow next to other calls; give it ten call timeouts.
+        let deadline = Instant::now() + self.call_timeout * 10;
+        loop {
+            match timeout_at(deadline, stream.next()).await {
+                Err(_) => {
+                    ticket.failure();
+                    return Err(DockerError::Timeout {
+                        op,
+                        after: self.call_timeout * 10,
+                    });
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let e = DockerError::from_bollard(op, e);
+                    if e.is_transient() {
+                        ticket.failure();
+                    } else {
+                        ticket.neutral();
+                    }
+                    return Err(e);
+                }
+                Ok(Some(Ok(info))) => {
+                    if let Some(s) = info.stream {
+                        log.push_str(&s);
+                    }
+                    if let Some(detail) = info.error_detail {
+                        ticket.neutral();
+                        return Err(DockerError::Api {
+                            op,
+                            status: 400,
+                            message: detail.message.unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+        }
+        ticket.success();
+        Ok(log)
+    }
+
+    /// Creates a sandbox container (not started). Never retried: a create that failed after
+    /// Docker made the container would otherwise make two; the reconcile loop removes any
+    /// container a failed create left behind.
+    pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<String, DockerError> {
+        let options = bollard::query_parameters::CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let body = spec.to_create_body();
+        let created = self
+            .call("create_container", false, || {
+                self.docker
+                    .create_container(Some(options.clone()), body.clone())
+            })
+            .await?;
+        Ok(created.id)
+    }
+
+    /// Starts a created container (idempotent: starting a running container is a no-op).
+    pub async fn start_container(&self, id: &str) -> Result<(), DockerError> {
+        self.call("start_container", true, || {
+            self.docker.start_container(id, None)
+        })
+        .await
+    }
+
+    /// Removes a container, killing it first. A container that is already gone is success.
+    pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self
+            .call("remove_container", true, || {
+                self.docker.remove_container(id, Some(options.clone()))
+            })
+            .await
+        {
+            Ok(()) | Err(DockerError::NotFound { .. }) => Ok(()),
+            // 409: removal already in progress; it will be gone shortly.
+            Err(DockerError::Api { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What Docker says of one container; `None` when it does not exist.
+    pub async fn inspect_sandbox(&self, id: &str) -> Result<Option<SandboxInfo>, DockerError> {
+        match self
+            .call("inspect_container", true, || {
+                self.docker.inspect_container(id, None)
+            })
+            .await
+        {
+            Ok(c) => Ok(Some(SandboxInfo {
+                id: c.id.unwrap_or_else(|| id.to_string()),
+                running: c.state.and_then(|s| s.running).unwrap_or(false),
+                created_unix: c
+                    .created
+                    .as_deref()
+                    .and_then(parse_rfc3339_seconds)
+                    .unwrap_or(0),
+                image: c.config.and_then(|c| c.image).unwrap_or_default(),
+            })),
+            Err(DockerError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every sandbox container of `instance_id`, running or not.
+    pub async fn list_sandboxes(&self, instance_id: &str) -> Result<Vec<SandboxInfo>, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_INSTANCE}={instance_id}"),
+                format!("{LABEL_ROLE}={ROLE_SANDBOX}"),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .call("list_containers", true, || {
+                self.docker.list_containers(Some(options.clone()))
+            })
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                Some(SandboxInfo {
+                    id: c.id?,
+                    running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
+                    created_unix: c.created.unwrap_or(0),
+                    image: c.image.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Docker's event stream for the containers of `instance_id`. This is the one long-lived
+    /// stream of the gate: it does not hold a slot (it would hold it forever) and it does not
+    /// count as a call. The caller reconnects when it ends.
+    pub fn container_events(
+        &self,
+        instance_id: &str,
+    ) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + use<> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "label".to_string(),
+                vec![format!("{LABEL_INSTANCE}={instance_id}")],
+            ),
+            (
+                "event".to_string(),
+                vec!["die".to_string(), "destroy".to_string(), "oom".to_string()],
+            ),
+        ]);
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        self.docker
+            .events(Some(options))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(msg) => {
+                        let id = msg.actor.and_then(|a| a.id)?;
+                        Some(Ok(ContainerEvent {
+                            id,
+                            action: msg.action.unwrap_or_default(),
+                        }))
+                    }
+                    Err(e) => Some(Err(DockerError::from_bollard("events", e))),
+                }
+            })
+    }
+
+    /// Runs a command in a container and collects its output, keeping at most
+    /// `spec.output_limit` bytes per stream. Chunks are also sent to `sink` when one is given
+    /// (bounded channel: a slow reader slows the exec down instead of growing memory).
+    ///
+    /// The slot is held while Docker creates and starts the exec; the output is read outside
+    /// it (a long command must not starve the pool) but within `spec.timeout`. On timeout the
+    /// output so far is returned with `timed_out` set; killing the command is the caller's
+    /// business, since only it knows which processes are the command's.
+    pub async fn exec(
+        &self,
+        container_id: &str,
+        spec: &ExecSpec,
+        sink: Option<&mpsc::Sender<ExecChunk>>,
+    ) -> Result<ExecOutput, DockerError> {
+        let deadline = Instant::now() + spec.timeout;
+        let options = CreateExecOptions {
+            cmd: Some(spec.cmd.clone()),
+            user: Some(spec.user.clone()),
+            working_dir: spec.working_dir.clone(),
+            env: Some(spec.env.clone()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(false),
+            tty: Some(false),
+            ..Default::default()
+        };
+        let (exec_id, started) = {
+            let permit = self.admit("exec").await?;
+            let created = self
+                .attempt("create_exec", &|| {
+                    self.docker.create_exec(container_id, options.clone())
+                })
+                .await?;
+            let started = self
+                .attempt("start_exec", &|| {
+                    self.docker.start_exec(
+                        &created.id,
+                        Some(StartExecOptions {
+                            detach: false,
+                            tty: false,
+                            output_capacity: Some(64 * 1024),
+                        }),
+                    )
+                })
+                .await?;
+            drop(permit);
+            (created.id, started)
+        };
+        let StartExecResults::Attached { mut output, .. } = started else {
+            return Err(DockerError::Api {
+                op: "start_exec",
+                status: 500,
+                message: "exec started detached".into(),
+            });
+        };
+        let mut result = ExecOutput::default();
+        loop {
+            let item = match timeout_at(deadline, output.next()).await {
+                Err(_) => {
+                    result.timed_out = true;
+                    return Ok(result);
+                }
+                Ok(None) => break,
+                Ok(Some(item)) => item,
+            };
+            let (stream, data) = match item {
+                Ok(LogOutput::StdOut { message }) => (OutputStream::Stdout, message),
+                Ok(LogOutput::StdErr { message }) => (OutputStream::Stderr, message),
+                Ok(LogOutput::Console { message }) => (OutputStream::Stdout, message),
+                Ok(LogOutput::StdIn { .. }) => continue,
+                Err(e) => return Err(DockerError::from_bollard("exec_output", e)),
+            };
+            let kept = match stream {
+                OutputStream::Stdout => &mut result.stdout,
+                OutputStream::Stderr => &mut result.stderr,
+            };
+            let room = spec.output_limit.saturating_sub(kept.len());
+            let take = room.min(data.len());
+            if take < data.len() {
+                result.truncated = true;
+            }
+            if take == 0 {
+                continue;
+            }
+            kept.extend_from_slice(&data[..take]);
+            if let Some(sink) = sink {
+                let chunk = ExecChunk {
+                    stream,
+                    data: data.slice(..take),
+                };
+                if timeout_at(deadline, sink.send(chunk)).await.is_err() {
+                    result.timed_out = true;
+                    return Ok(result);
+                }
+            }
+        }
+        let inspected = self
+            .call("inspect_exec", true, || self.docker.inspect_exec(&exec_id))
+            .await?;
+        result.exit_code = inspected.exit_code;
+        Ok(result)
+    }
+}
+
+struct DecrementOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 time such as `2026-11-22T04:37:01.123Z`;
+/// `None` when it does not parse.
+fn parse_rfc3339_seconds(s: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rfc3339_seconds;
+
+    #[test]
+    fn parses_docker_timestamps() {
+        assert_eq!(parse_rfc3339_seconds("1970-01-01T00:01:00Z"), Some(60));
+        assert_eq!(
+            parse_rfc3339_seconds("1970-01-02T00:00:01.123456789Z"),
+            Some(86_401)
+        );
+        assert_eq!(parse_rfc3339_seconds("nonsense"), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! sandpool: a pre-warmed pool of hardened Docker sandboxes, one per chat session.
+//!
+//! # Layout
+//! - [`config`]: the one `Config`, from flags and `SANDPOOL_*` variables.
+//! - [`docker`]: the only code that talks to Docker (bollard): the gate with its semaphore,
+//!   queue bound, circuit breaker, retries and timeouts; the sandbox spec; the image build.
+//! - [`pool`]: the warm pool: acquire, release with scrub and verify, refill, reconcile.
+//! - [`api`]: HTTP routes (status, readiness, metrics).
+//! - [`metrics`]: every metric name.
+//!
+//! Dependencies point one way: `api → pool → docker`.
+
+pub mod api;
+pub mod config;
+pub mod docker;
+pub mod metrics;
+pub mod pool;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::docker::DockerGate;
+use crate::docker::image::ImageError;
+use crate::metrics::Metrics;
+use crate::pool::{ContainerPool, PoolError};
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot connect to docker at {host}: {source}")]
+    Docker {
+        host: String,
+        #[source]
+        source: docker::DockerError,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("cannot start the pool: {0}")]
+    Pool(#[from] PoolError),
+    #[error("http server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Runs the service on `listener` until `shutdown` completes, then drains: the server stops
+/// accepting, and every container of this instance is removed within the shutdown timeout.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let gate = DockerGate::connect(&config.docker_host, &config.gate)
+        .await
+        .map_err(|source| RunError::Docker {
+            host: config.docker_host.clone(),
+            source,
+        })?;
+    docker::image::ensure_image(&gate, &config.image).await?;
+    let metrics = Metrics::new(gate.clone());
+    let pool = ContainerPool::start(gate, &config, metrics.clone(), &HashSet::new()).await?;
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        instance = %config.instance_id,
+        image = %config.image.image,
+        min_idle = config.pool.min_idle,
+        max = config.pool.max,
+        "sandpool serving"
+    );
+    let app = api::router(api::AppState {
+        pool: pool.clone(),
+        metrics: Arc::clone(&metrics),
+    });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tracing::info!("shutting down: removing this instance's containers");
+    pool.shutdown(config.shutdown_timeout()).await;
+    served.map_err(RunError::Http)
+}

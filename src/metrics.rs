@@ -1,0 +1,206 @@
+//! Every metric of the service, in one place, under the `sandpool_` prefix.
+//!
+//! Label values come from small fixed sets (container states, outcomes, breaker states); never
+//! a container or session id. Gauges that mirror a snapshot (pool counts, gate queue, breaker)
+//! are set at scrape time from `status()`; histograms are fed by the [`PoolObserver`] hooks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::docker::{BreakerState, DockerGate};
+use crate::pool::{ContainerPool, PoolObserver, RecycleOutcome};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// The registry and the metrics the code feeds.
+pub struct Metrics {
+    registry: Registry,
+    pool_containers: Family<StateLabel, Gauge>,
+    docker_in_flight: Gauge,
+    docker_queue_depth: Gauge,
+    docker_breaker_state: Family<StateLabel, Gauge>,
+    acquire_seconds: Family<OutcomeLabel, Histogram>,
+    recycle_seconds: Family<OutcomeLabel, Histogram>,
+    create_seconds: Family<OutcomeLabel, Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+impl Metrics {
+    pub fn new(gate: Arc<DockerGate>) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("sandpool");
+        let pool_containers = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "pool_containers",
+            "Containers of this instance by state",
+            pool_containers.clone(),
+        );
+        let docker_in_flight = Gauge::default();
+        registry.register(
+            "docker_in_flight",
+            "Docker calls in flight in the gate",
+            docker_in_flight.clone(),
+        );
+        let docker_queue_depth = Gauge::default();
+        registry.register(
+            "docker_queue_depth",
+            "Callers waiting for a Docker gate slot",
+            docker_queue_depth.clone(),
+        );
+        let docker_breaker_state = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "docker_breaker_state",
+            "1 for the circuit breaker's current state, 0 for the others",
+            docker_breaker_state.clone(),
+        );
+        let acquire_seconds = Family::<OutcomeLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "pool_acquire_seconds",
+            "Time to lease a sandbox, by outcome",
+            acquire_seconds.clone(),
+        );
+        let recycle_seconds = Family::<OutcomeLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "pool_recycle_seconds",
+            "Time from release to idle again (scrub and verify) or destroyed, by outcome",
+            recycle_seconds.clone(),
+        );
+        let create_seconds = Family::<OutcomeLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "pool_create_seconds",
+            "Time to create and start a sandbox, by outcome",
+            create_seconds.clone(),
+        );
+        registry.register_collector(Box::new(GateCounters { gate }));
+        Arc::new(Self {
+            registry,
+            pool_containers,
+            docker_in_flight,
+            docker_queue_depth,
+            docker_breaker_state,
+            acquire_seconds,
+            recycle_seconds,
+            create_seconds,
+        })
+    }
+
+    /// The Prometheus text exposition, with the snapshot gauges refreshed from `pool`.
+    pub fn render(&self, pool: &ContainerPool) -> String {
+        let status = pool.status();
+        for (state, n) in [
+            ("idle", status.idle),
+            ("leased", status.leased),
+            ("creating", status.creating),
+            ("scrubbing", status.scrubbing),
+            ("destroying", status.destroying),
+        ] {
+            self.pool_containers
+                .get_or_create(&StateLabel { state })
+                .set(n as i64);
+        }
+        let gate = pool.gate().status();
+        self.docker_in_flight.set(gate.in_flight as i64);
+        self.docker_queue_depth.set(gate.waiting as i64);
+        for state in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            self.docker_breaker_state
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .set(i64::from(state == gate.breaker));
+        }
+        let mut out = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl PoolObserver for Metrics {
+    fn acquired(&self, took: Duration, outcome: &'static str) {
+        self.acquire_seconds
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(took.as_secs_f64());
+    }
+    fn recycled(&self, took: Duration, outcome: &RecycleOutcome) {
+        self.recycle_seconds
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
+            .observe(took.as_secs_f64());
+    }
+    fn created(&self, took: Duration, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.create_seconds
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// The gate's own counters, read at scrape time.
+struct GateCounters {
+    gate: Arc<DockerGate>,
+}
+
+impl std::fmt::Debug for GateCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GateCounters")
+    }
+}
+
+impl Collector for GateCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.gate.status();
+        for (name, help, value) in [
+            (
+                "docker_calls",
+                "Requests sent to Docker, retries included",
+                status.calls_total,
+            ),
+            (
+                "docker_failures",
+                "Docker calls that failed with a transient error",
+                status.failures_total,
+            ),
+            (
+                "docker_overloaded",
+                "Docker calls refused because the gate's queue was full",
+                status.overloaded_total,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}

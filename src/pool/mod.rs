@@ -1,0 +1,934 @@
+//! The container pool: a warm set of idle, scrubbed sandboxes, handed out in O(1) with no
+//! Docker call, scrubbed and verified on release before anyone can lease them again, and kept
+//! in line with Docker's own list.
+//!
+//! Every container moves through one state at a time, all held under one mutex that is never
+//! held across an `.await`:
+//! `creating → idle → leased → scrubbing → idle` (or `→ destroying` when the scrub or the
+//! verification fails, the container died, or it passed its maximum uses or age).
+//! `idle + leased + creating + scrubbing + destroying` never exceeds `max`.
+//!
+//! This module knows nothing of sessions or sockets, and nothing of bollard: it talks to
+//! Docker only through [`DockerGate`].
+
+mod scrub;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, PoolConfig};
+use crate::docker::{
+    BreakerState, DockerError, DockerGate, ExecChunk, ExecOutput, ExecSpec, SandboxSpec,
+};
+pub use scrub::Verdict;
+
+/// Containers unknown to the pool but younger than this are left alone by the reconcile loop:
+/// they may be creates whose id the pool has not recorded yet.
+const UNKNOWN_CONTAINER_GRACE_SECS: i64 = 60;
+
+/// Why a pool operation failed. Each variant names the phase.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No container became free before the acquire deadline, and the pool is at its maximum.
+    #[error("no sandbox free within {waited_ms} ms: the pool is at its maximum of {max}")]
+    Exhausted { waited_ms: u64, max: usize },
+    /// The pool is shutting down.
+    #[error("the pool is shut down")]
+    Closed,
+    /// The container is not leased (never was, or already released).
+    #[error("container {0} is not leased")]
+    NotLeased(String),
+    /// Creating a container for this caller failed.
+    #[error("creating a sandbox failed: {0}")]
+    Create(#[source] DockerError),
+    /// A Docker call for this caller failed (the breaker is open, the gate is overloaded, an
+    /// exec failed).
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+impl PoolError {
+    /// The Docker error behind this one, if any.
+    pub fn docker(&self) -> Option<&DockerError> {
+        match self {
+            PoolError::Create(e) | PoolError::Docker(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A leased sandbox.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub container_id: String,
+    pub container_name: String,
+    /// How many leases this container has served, this one included.
+    pub uses: u32,
+    /// How long `acquire` took.
+    pub waited: Duration,
+}
+
+/// What happened to a released container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecycleOutcome {
+    /// Scrubbed, verified clean, and idle again.
+    Recycled,
+    /// Destroyed: the reason says why (dirty after scrub, died, too old, too many uses,
+    /// pool closed).
+    Destroyed(String),
+}
+
+impl RecycleOutcome {
+    /// A label value for metrics, from a small fixed set.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RecycleOutcome::Recycled => "recycled",
+            RecycleOutcome::Destroyed(_) => "destroyed",
+        }
+    }
+}
+
+/// Something that happened to a container the pool cannot hide from its holder.
+#[derive(Debug, Clone)]
+pub enum PoolEvent {
+    /// A leased container died (killed from outside, out of memory). Its holder should end
+    /// the session or release it; the release destroys it.
+    LeaseLost { container_id: String },
+}
+
+/// Counts for `/api/pool` and the gauges.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStatus {
+    pub idle: usize,
+    pub leased: usize,
+    pub creating: usize,
+    pub scrubbing: usize,
+    pub destroying: usize,
+    pub total: usize,
+    pub min_idle: usize,
+    pub max: usize,
+    pub image: String,
+    pub instance: String,
+    pub breaker: BreakerState,
+    pub closed: bool,
+}
+
+/// Hooks through which the pool reports what it does, so that it need not know the metrics.
+pub trait PoolObserver: Send + Sync + 'static {
+    /// An `acquire` ended; `outcome` is `ok`, `exhausted`, `closed` or `error`.
+    fn acquired(&self, _took: Duration, _outcome: &'static str) {}
+    /// A release ended in `outcome` after `took` (scrub and verify included).
+    fn recycled(&self, _took: Duration, _outcome: &RecycleOutcome) {}
+    /// A container create (and start) ended.
+    fn created(&self, _took: Duration, _ok: bool) {}
+}
+
+/// An observer that ignores everything.
+pub struct NoopObserver;
+impl PoolObserver for NoopObserver {}
+
+#[derive(Debug)]
+struct Sandbox {
+    id: String,
+    name: String,
+    created_unix: i64,
+    uses: u32,
+    /// Docker reported it dead while leased; its release destroys it.
+    dead: bool,
+}
+
+#[derive(Default)]
+struct State {
+    idle: VecDeque<Sandbox>,
+    leased: HashMap<String, Sandbox>,
+    creating: usize,
+    scrubbing: HashSet<String>,
+    destroying: HashSet<String>,
+    /// Execs in flight per leased container, so that a release waits for them before the
+    /// scrub (an exec must never start in a container that is already clean).
+    execs: HashMap<String, usize>,
+    closed: bool,
+}
+
+impl State {
+    fn total(&self) -> usize {
+        self.idle.len()
+            + self.leased.len()
+            + self.creating
+            + self.scrubbing.len()
+            + self.destroying.len()
+    }
+    fn knows(&self, id: &str) -> bool {
+        self.leased.contains_key(id)
+            || self.scrubbing.contains(id)
+            || self.destroying.contains(id)
+            || self.idle.iter().any(|s| s.id == id)
+    }
+}
+
+struct Inner {
+    gate: Arc<DockerGate>,
+    config: PoolConfig,
+    image: String,
+    instance_id: String,
+    state: Mutex<State>,
+    /// Woken when a container becomes idle or capacity is freed: wakes `acquire` waiters.
+    available: Notify,
+    /// Woken when the refill task should look again.
+    refill: Notify,
+    observer: Arc<dyn PoolObserver>,
+    events: broadcast::Sender<PoolEvent>,
+    /// Stops the background tasks.
+    cancel: CancellationToken,
+    /// Every task the pool spawns (refill, watchers, recycles, destroys), so that shutdown
+    /// can wait for them.
+    tasks: TaskTracker,
+}
+
+/// The pool. Cheap to clone.
+#[derive(Clone)]
+pub struct ContainerPool {
+    inner: Arc<Inner>,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl ContainerPool {
+    /// Creates the pool, reconciles with what Docker has for this instance (containers an
+    /// earlier run left behind are scrubbed and adopted, or removed), and starts the
+    /// background tasks that pre-warm and refill it. Containers in `keep_leased` are adopted
+    /// as leased, untouched: a session store knows they belong to live sessions.
+    pub async fn start(
+        gate: Arc<DockerGate>,
+        config: &Config,
+        observer: Arc<dyn PoolObserver>,
+        keep_leased: &HashSet<String>,
+    ) -> Result<Self, PoolError> {
+        let (events, _) = broadcast::channel(256);
+        let pool = Self {
+            inner: Arc::new(Inner {
+                gate,
+                config: config.pool.clone(),
+                image: config.image.image.clone(),
+                instance_id: config.instance_id.clone(),
+                state: Mutex::new(State::default()),
+                available: Notify::new(),
+                refill: Notify::new(),
+                observer,
+                events,
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        pool.adopt_leftovers(keep_leased).await?;
+        let p = pool.clone();
+        pool.inner.tasks.spawn(async move { p.refill_loop().await });
+        let p = pool.clone();
+        pool.inner
+            .tasks
+            .spawn(async move { p.watch_events().await });
+        let p = pool.clone();
+        pool.inner
+            .tasks
+            .spawn(async move { p.reconcile_loop().await });
+        Ok(pool)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section is a handful of collection operations that cannot panic
+        // half-way in a way that breaks the invariants, so a poisoned lock is still usable.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn gate(&self) -> &Arc<DockerGate> {
+        &self.inner.gate
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// Events about leased containers (see [`PoolEvent`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<PoolEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let s = self.state();
+        PoolStatus {
+            idle: s.idle.len(),
+            leased: s.leased.len(),
+            creating: s.creating,
+            scrubbing: s.scrubbing.len(),
+            destroying: s.destroying.len(),
+            total: s.total(),
+            min_idle: self.inner.config.min_idle,
+            max: self.inner.config.max,
+            image: self.inner.image.clone(),
+            instance: self.inner.instance_id.clone(),
+            breaker: self.inner.gate.breaker_state(),
+            closed: s.closed,
+        }
+    }
+
+    /// Whether an `acquire` can be served now: a container is idle (or none is wanted idle)
+    /// and the breaker is not open.
+    pub fn is_ready(&self) -> Result<(), &'static str> {
+        let s = self.state();
+        if s.closed {
+            return Err("pool is shutting down");
+        }
+        if self.inner.gate.breaker_state() == BreakerState::Open {
+            return Err("docker circuit breaker is open");
+        }
+        if s.idle.is_empty() && self.inner.config.min_idle > 0 {
+            return Err("no idle sandbox yet");
+        }
+        Ok(())
+    }
+
+    /// Waits until at least `n` containers are idle, or the timeout passes.
+    pub async fn wait_idle(&self, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.state().idle.len() >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Leases a container. From a warm pool this takes one lock and makes no Docker call.
+    /// With none idle it creates one (under the maximum) or waits for a release until the
+    /// acquire deadline.
+    pub async fn acquire(&self) -> Result<Lease, PoolError> {
+        let started = Instant::now();
+        let result = self.acquire_inner(started).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(PoolError::Exhausted { .. }) => "exhausted",
+            Err(PoolError::Closed) => "closed",
+            Err(_) => "error",
+        };
+        self.inner.observer.acquired(started.elapsed(), outcome);
+        result
+    }
+
+    async fn acquire_inner(&self, started: Instant) -> Result<Lease, PoolError> {
+        let max_wait = Duration::from_millis(self.inner.config.acquire_timeout_ms);
+        let deadline = started + max_wait;
+        loop {
+            let notified = self.inner.available.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let create = {
+                let mut s = self.state();
+                if s.closed {
+                    return Err(PoolError::Closed);
+                }
+                if let Some(mut sandbox) = s.idle.pop_front() {
+                    sandbox.uses += 1;
+                    let lease = Lease {
+                        container_id: sandbox.id.clone(),
+                        container_name: sandbox.name.clone(),
+                        uses: sandbox.uses,
+                        waited: started.elapsed(),
+                    };
+                    s.leased.insert(sandbox.id.clone(), sandbox);
+                    drop(s);
+                    self.inner.refill.notify_one();
+                    return Ok(lease);
+                }
+                let room = s.total() < self.inner.config.max;
+                if room && self.inner.gate.breaker_state() == BreakerState::Open {
+                    return Err(PoolError::Docker(DockerError::Unavailable));
+                }
+                if room {
+                    s.creating += 1;
+                }
+                room
+            };
+            if create {
+                return self.create_for_caller(started).await;
+            }
+            if timeout_at(deadline, notified).await.is_err() {
+                return Err(PoolError::Exhausted {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    max: self.inner.config.max,
+                });
+            }
+        }
+    }
+
+    /// Creates a container for a waiting caller. The create runs in a tracked task, so that a
+    /// caller who goes away mid-way does not lose the container: it then goes to the idle set.
+    async fn create_for_caller(&self, started: Instant) -> Result<Lease, PoolError> {
+        let (tx, rx) = oneshot::channel();
+        let pool = self.clone();
+        self.inner.tasks.spawn(async move {
+            let created = pool.create_one().await;
+            // Decide under the lock, act after it.
+            let leased = {
+                let mut s = pool.state();
+                s.creating -= 1;
+                match created {
+                    Ok(mut sandbox) if !s.closed => {
+                        sandbox.uses = 1;
+                        let lease = Lease {
+                            container_id: sandbox.id.clone(),
+                            container_name: sandbox.name.clone(),
+                            uses: 1,
+                            waited: started.elapsed(),
+                        };
+                        s.leased.insert(sandbox.id.clone(), sandbox);
+                        Ok(lease)
+                    }
+                    Ok(sandbox) => {
+                        s.destroying.insert(sandbox.id.clone());
+                        Err(sandbox.id)
+                    }
+                    Err(e) => {
+                        pool.inner.available.notify_one();
+                        let _ = tx.send(Err(PoolError::Create(e)));
+                        return;
+                    }
+                }
+            };
+            match leased {
+                Ok(lease) => {
+                    let id = lease.container_id.clone();
+                    if tx.send(Ok(lease)).is_err() {
+                        // The caller left: a fresh, never-used container is clean.
+                        let mut s = pool.state();
+                        if let Some(mut sandbox) = s.leased.remove(&id) {
+                            sandbox.uses = 0;
+                            s.idle.push_back(sandbox);
+                        }
+                        drop(s);
+                        pool.inner.available.notify_one();
+                    }
+                }
+                Err(id) => {
+                    pool.destroy(id).await;
+                    let _ = tx.send(Err(PoolError::Closed));
+                }
+            }
+        });
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(PoolError::Closed),
+        }
+    }
+
+    /// Creates and starts one container. The caller has counted it in `creating`.
+    async fn create_one(&self) -> Result<Sandbox, DockerError> {
+        let started = Instant::now();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("sandpool-{}-{}", self.inner.instance_id, &suffix[..12]);
+        let c = &self.inner.config;
+        let spec = SandboxSpec {
+            name: name.clone(),
+            image: self.inner.image.clone(),
+            instance_id: self.inner.instance_id.clone(),
+            memory_bytes: c.memory_bytes as i64,
+            nano_cpus: (c.cpus * 1e9) as i64,
+            pids_limit: c.pids_limit as i64,
+            tmpfs_bytes: c.tmpfs_bytes as u64,
+            network: c.network.clone(),
+        };
+        let result = async {
+            let id = self.inner.gate.create_sandbox(&spec).await?;
+            if let Err(e) = self.inner.gate.start_container(&id).await {
+                if let Err(error) = self.inner.gate.remove_container(&id).await {
+                    tracing::warn!(container_id = %id, %error, "removing a container that failed to start failed; the reconcile loop will retry");
+                }
+                return Err(e);
+            }
+            Ok(Sandbox {
+                id,
+                name,
+                created_unix: now_unix(),
+                uses: 0,
+                dead: false,
+            })
+        }
+        .await;
+        self.inner
+            .observer
+            .created(started.elapsed(), result.is_ok());
+        if let Err(error) = &result {
+            tracing::warn!(%error, "creating a sandbox failed");
+        }
+        result
+    }
+
+    /// Gives a leased container back. It is scrubbed and verified before it is idle again,
+    /// or destroyed (and replaced by the refill task). The returned receiver says which, once
+    /// it is done; dropping it is fine.
+    pub fn release(
+        &self,
+        container_id: &str,
+    ) -> Result<oneshot::Receiver<RecycleOutcome>, PoolError> {
+        let sandbox = {
+            let mut s = self.state();
+            let sandbox = s
+                .leased
+                .remove(container_id)
+                .ok_or_else(|| PoolError::NotLeased(container_id.to_string()))?;
+            s.scrubbing.insert(sandbox.id.clone());
+            sandbox
+        };
+        let (tx, rx) = oneshot::channel();
+        let pool = self.clone();
+        self.inner.tasks.spawn(async move {
+            let outcome = pool.recycle(sandbox).await;
+            let _ = tx.send(outcome);
+        });
+        Ok(rx)
+    }
+
+    async fn recycle(&self, sandbox: Sandbox) -> RecycleOutcome {
+        let started = Instant::now();
+        let id = sandbox.id.clone();
+        let c = &self.inner.config;
+        let age = now_unix() - sandbox.created_unix;
+        let reason = if sandbox.dead {
+            Some("container died".to_string())
+        } else if sandbox.uses as usize >= c.max_uses {
+            Some(format!("served its maximum of {} leases", c.max_uses))
+        } else if age >= c.max_age_secs as i64 {
+            Some(format!("older than {} s", c.max_age_secs))
+        } else if !self.wait_execs_done(&sandbox.id).await {
+            Some("execs still running at release".to_string())
+        } else {
+            match self.scrub(&sandbox.id).await {
+                Ok(Verdict::Clean) => None,
+                Ok(Verdict::Dirty(found)) => Some(format!("dirty after scrub: {found}")),
+                Err(error) => Some(format!("scrub failed: {error}")),
+            }
+        };
+        let outcome = {
+            let mut s = self.state();
+            s.scrubbing.remove(&sandbox.id);
+            s.execs.remove(&sandbox.id);
+            match reason {
+                None if !s.closed => {
+                    s.idle.push_back(sandbox);
+                    RecycleOutcome::Recycled
+                }
+                reason => {
+                    let reason = reason.unwrap_or_else(|| "pool closed".into());
+                    s.destroying.insert(sandbox.id.clone());
+                    RecycleOutcome::Destroyed(reason)
+                }
+            }
+        };
+        match &outcome {
+            RecycleOutcome::Recycled => {
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sandbox recycled"
+                );
+                self.inner.available.notify_one();
+            }
+            RecycleOutcome::Destroyed(reason) => {
+                tracing::info!(%reason, "sandbox destroyed instead of recycled");
+                // The id is in `destroying`, so it still counts towards the maximum.
+                self.destroy(id).await;
+            }
+        }
+        self.inner.observer.recycled(started.elapsed(), &outcome);
+        outcome
+    }
+
+    /// Runs the scrub-and-verify script.
+    pub async fn scrub(&self, container_id: &str) -> Result<Verdict, DockerError> {
+        let spec = ExecSpec {
+            cmd: scrub::scrub_command(),
+            user: scrub::SCRUB_USER.to_string(),
+            working_dir: Some("/".to_string()),
+            env: vec![],
+            timeout: Duration::from_millis(self.inner.config.scrub_timeout_ms as u64),
+            output_limit: 64 * 1024,
+        };
+        let out = self.inner.gate.exec(container_id, &spec, None).await?;
+        if out.timed_out {
+            return Ok(Verdict::Dirty("scrub timed out".into()));
+        }
+        Ok(scrub::parse_verdict(&out.stdout))
+    }
+
+    async fn wait_execs_done(&self, id: &str) -> bool {
+        let deadline =
+            Instant::now() + Duration::from_millis(self.inner.config.scrub_timeout_ms as u64);
+        loop {
+            if self.state().execs.get(id).copied().unwrap_or(0) == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Runs a command in a leased container. Refused for a container that is not leased, so
+    /// that nothing can run in a container that is being scrubbed or is idle.
+    pub async fn exec(
+        &self,
+        container_id: &str,
+        spec: &ExecSpec,
+        sink: Option<&mpsc::Sender<ExecChunk>>,
+    ) -> Result<ExecOutput, PoolError> {
+        {
+            let mut s = self.state();
+            if !s.leased.contains_key(container_id) {
+                return Err(PoolError::NotLeased(container_id.to_string()));
+            }
+            *s.execs.entry(container_id.to_string()).or_insert(0) += 1;
+        }
+        struct Done<'a>(&'a ContainerPool, &'a str);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                let mut s = self.0.state();
+                if let Some(n) = s.execs.get_mut(self.1) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        let _done = Done(self, container_id);
+        Ok(self.inner.gate.exec(container_id, spec, sink).await?)
+    }
+
+    /// Removes a container and frees its place. The caller has put its id in `destroying`.
+    async fn destroy(&self, id: String) {
+        if let Err(error) = self.inner.gate.remove_container(&id).await {
+            tracing::warn!(container_id = %id, %error, "removing a sandbox failed; the reconcile loop will retry");
+        }
+        self.state().destroying.remove(&id);
+        self.inner.available.notify_one();
+        self.inner.refill.notify_one();
+    }
+
+    fn spawn_destroy(&self, id: String) {
+        let pool = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { pool.destroy(id).await });
+    }
+
+    /// A container died or vanished: drop it from the idle set (and replace it), or mark its
+    /// lease lost.
+    fn container_gone(&self, id: &str, why: &str) {
+        let mut s = self.state();
+        if let Some(pos) = s.idle.iter().position(|sb| sb.id == id) {
+            let sandbox = s.idle.remove(pos).expect("position is in range");
+            s.destroying.insert(sandbox.id.clone());
+            drop(s);
+            tracing::warn!(container_id = %id, why, "idle sandbox died, replacing it");
+            self.spawn_destroy(sandbox.id);
+        } else if let Some(sandbox) = s.leased.get_mut(id)
+            && !sandbox.dead
+        {
+            sandbox.dead = true;
+            drop(s);
+            tracing::warn!(container_id = %id, why, "leased sandbox died");
+            let _ = self.inner.events.send(PoolEvent::LeaseLost {
+                container_id: id.to_string(),
+            });
+        }
+    }
+
+    async fn adopt_leftovers(&self, keep_leased: &HashSet<String>) -> Result<(), PoolError> {
+        let found = self
+            .inner
+            .gate
+            .list_sandboxes(&self.inner.instance_id)
+            .await?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            count = found.len(),
+            "found containers of this instance from an earlier run"
+        );
+        let mut to_scrub = Vec::new();
+        {
+            let mut s = self.state();
+            for info in found {
+                let sandbox = Sandbox {
+                    id: info.id.clone(),
+                    name: info.id.chars().take(12).collect(),
+                    created_unix: info.created_unix,
+                    uses: 0,
+                    dead: !info.running,
+                };
+                let fits = s.total() < self.inner.config.max;
+                if keep_leased.contains(&info.id) && fits {
+                    s.leased.insert(info.id, sandbox);
+                } else if info.running && info.image == self.inner.image && fits {
+                    s.scrubbing.insert(info.id);
+                    to_scrub.push(sandbox);
+                } else {
+                    s.destroying.insert(info.id.clone());
+                    self.spawn_destroy(info.id);
+                }
+            }
+        }
+        let results = join_all(to_scrub.into_iter().map(|sb| async move {
+            let verdict = self.scrub(&sb.id).await;
+            (sb, verdict)
+        }))
+        .await;
+        let mut adopted = 0;
+        for (sandbox, verdict) in results {
+            let mut s = self.state();
+            s.scrubbing.remove(&sandbox.id);
+            if let Ok(Verdict::Clean) = verdict {
+                s.idle.push_back(sandbox);
+                adopted += 1;
+            } else {
+                tracing::info!(container_id = %sandbox.id, ?verdict, "left-over container not clean, removing it");
+                s.destroying.insert(sandbox.id.clone());
+                drop(s);
+                self.spawn_destroy(sandbox.id);
+            }
+        }
+        tracing::info!(adopted, "reconciled containers from an earlier run");
+        Ok(())
+    }
+
+    /// Keeps `min_idle` containers idle (within `max`), creating up to `create_parallelism`
+    /// at once. Stops refilling while the breaker is open.
+    async fn refill_loop(&self) {
+        let c = self.inner.config.clone();
+        let mut warm_logged = false;
+        loop {
+            let want = {
+                let mut s = self.state();
+                if s.closed {
+                    return;
+                }
+                let have = s.idle.len() + s.creating;
+                let room = c.max.saturating_sub(s.total());
+                let want = c
+                    .min_idle
+                    .saturating_sub(have)
+                    .min(room)
+                    .min(c.create_parallelism);
+                let breaker_open = self.inner.gate.breaker_state() == BreakerState::Open;
+                if want > 0 && !breaker_open {
+                    s.creating += want;
+                    want
+                } else {
+                    0
+                }
+            };
+            if want > 0 {
+                let results = join_all((0..want).map(|_| self.create_one())).await;
+                let mut failed = false;
+                let idle_now;
+                {
+                    let mut s = self.state();
+                    for result in results {
+                        s.creating -= 1;
+                        match result {
+                            Ok(sandbox) if !s.closed => s.idle.push_back(sandbox),
+                            Ok(sandbox) => {
+                                s.destroying.insert(sandbox.id.clone());
+                                self.spawn_destroy(sandbox.id);
+                            }
+                            Err(_) => failed = true,
+                        }
+                    }
+                    idle_now = s.idle.len();
+                }
+                self.inner.available.notify_waiters();
+                if !warm_logged {
+                    tracing::info!(
+                        idle = idle_now,
+                        target = c.min_idle,
+                        "pre-warming sandboxes"
+                    );
+                    if idle_now >= c.min_idle {
+                        tracing::info!(idle = idle_now, "pool warm");
+                        warm_logged = true;
+                    }
+                }
+                if !failed {
+                    continue;
+                }
+                // Back off a little after a failed create; the breaker does the rest.
+                tokio::select! {
+                    _ = self.inner.cancel.cancelled() => return,
+                    _ = sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = self.inner.refill.notified() => {}
+                _ = sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Follows Docker's event stream for this instance's containers, so that a container
+    /// killed from outside is noticed at once. Reconnects when the stream ends.
+    async fn watch_events(&self) {
+        loop {
+            let mut events = Box::pin(self.inner.gate.container_events(&self.inner.instance_id));
+            loop {
+                let next = tokio::select! {
+                    _ = self.inner.cancel.cancelled() => return,
+                    next = events.next() => next,
+                };
+                match next {
+                    Some(Ok(event)) => self.container_gone(&event.id, &event.action),
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "docker event stream failed, reconnecting");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = sleep(Duration::from_secs(1)) => {}
+            }
+            // Events may have been missed while the stream was down.
+            self.reconcile_once().await;
+        }
+    }
+
+    async fn reconcile_loop(&self) {
+        let period = Duration::from_millis(self.inner.config.reconcile_interval_ms as u64);
+        loop {
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = sleep(period) => {}
+            }
+            self.reconcile_once().await;
+        }
+    }
+
+    /// Compares the pool with Docker's list: idle containers that are gone or stopped are
+    /// replaced, leased ones are marked lost, and containers of this instance that the pool
+    /// does not know (and that are not fresh creates) are removed.
+    pub async fn reconcile_once(&self) {
+        let listed = match self
+            .inner
+            .gate
+            .list_sandboxes(&self.inner.instance_id)
+            .await
+        {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::debug!(%error, "reconcile: listing containers failed");
+                return;
+            }
+        };
+        let running: HashSet<&str> = listed
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| c.id.as_str())
+            .collect();
+        let (gone, strays) = {
+            let s = self.state();
+            let gone: Vec<String> = s
+                .idle
+                .iter()
+                .map(|sb| sb.id.clone())
+                .chain(s.leased.keys().cloned())
+                .filter(|id| !running.contains(id.as_str()))
+                .collect();
+            let now = now_unix();
+            let strays: Vec<String> = listed
+                .iter()
+                .filter(|c| !s.knows(&c.id) && now - c.created_unix > UNKNOWN_CONTAINER_GRACE_SECS)
+                .map(|c| c.id.clone())
+                .collect();
+            (gone, strays)
+        };
+        for id in gone {
+            self.container_gone(&id, "missing from docker's list");
+        }
+        for id in strays {
+            tracing::warn!(container_id = %id, "removing a container of this instance the pool does not know");
+            self.state().destroying.insert(id.clone());
+            self.spawn_destroy(id);
+        }
+    }
+
+    /// Stops the pool: no more leases, background tasks stopped, and every container of this
+    /// instance removed, within `within`. Returns how many containers were removed.
+    pub async fn shutdown(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        let known: Vec<String> = {
+            let mut s = self.state();
+            s.closed = true;
+            s.idle
+                .iter()
+                .map(|sb| sb.id.clone())
+                .chain(s.leased.keys().cloned())
+                .chain(s.scrubbing.iter().cloned())
+                .collect()
+        };
+        self.inner.cancel.cancel();
+        self.inner.available.notify_waiters();
+        self.inner.tasks.close();
+        // Recycles and creates in flight see `closed` and destroy their containers.
+        let _ = timeout_at(deadline, self.inner.tasks.wait()).await;
+        let mut ids: HashSet<String> = known.into_iter().collect();
+        match timeout_at(
+            deadline,
+            self.inner.gate.list_sandboxes(&self.inner.instance_id),
+        )
+        .await
+        {
+            Ok(Ok(listed)) => ids.extend(listed.into_iter().map(|c| c.id)),
+            _ => tracing::warn!("shutdown: could not list containers, removing the known ones"),
+        }
+        let gate = &self.inner.gate;
+        let removed = timeout_at(
+            deadline,
+            join_all(
+                ids.iter()
+                    .map(|id| async move { gate.remove_container(id).await.is_ok() }),
+            ),
+        )
+        .await
+        .map(|r| r.into_iter().filter(|ok| *ok).count())
+        .unwrap_or(0);
+        let mut s = self.state();
+        s.idle.clear();
+        s.leased.clear();
+        s.scrubbing.clear();
+        tracing::info!(removed, "pool shut down");
+        removed
+    }
+}
+
+/// Waits for a recycle outcome with a bound, for callers that want to know.
+pub async fn wait_recycled(
+    rx: oneshot::Receiver<RecycleOutcome>,
+    within: Duration,
+) -> Option<RecycleOutcome> {
+    timeout(within, rx).await.ok().and_then(|r| r.ok())
+}
