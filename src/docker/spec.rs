@@ -60,15 +60,15 @@ impl SandboxSpec {
         let tmpfs = HashMap::from([
             (
                 WORKSPACE.to_string(),
-                format!("rw,nosuid,nodev,size={size},uid=1000,gid=1000,mode=0755"),
+                format!("rw,exec,nosuid,nodev,size={size},uid=1000,gid=1000,mode=0755"),
             ),
             (
                 "/tmp".to_string(),
-                format!("rw,nosuid,nodev,size={size},uid=1000,gid=1000,mode=1777"),
+                format!("rw,exec,nosuid,nodev,size={size},uid=1000,gid=1000,mode=1777"),
             ),
             (
                 SANDBOX_HOME.to_string(),
-                format!("rw,nosuid,nodev,size={size},uid=1000,gid=1000,mode=0755"),
+                format!("rw,exec,nosuid,nodev,size={size},uid=1000,gid=1000,mode=0755"),
             ),
         ]);
         let host_config = HostConfig {

@@ -876,13 +876,36 @@ impl ContainerPool {
         }
     }
 
+    /// Stops handing out and stops the background tasks, at once and without waiting.
+    /// Creates and recycles in flight destroy their containers when they finish. `shutdown`
+    /// and `abandon` begin with this; on its own it serves code that cannot await (a drop
+    /// guard).
+    pub fn close(&self) {
+        self.state().closed = true;
+        self.inner.cancel.cancel();
+        self.inner.available.notify_waiters();
+        self.inner.tasks.close();
+    }
+
+    /// Stops the pool's background tasks and forgets its containers without removing them:
+    /// they stay on the engine, labeled with this instance, for the next pool started with the
+    /// same instance id to adopt or remove. This is what a crash leaves behind, done on
+    /// purpose (a hand-over to a new process; the crash tests).
+    pub async fn abandon(&self) {
+        self.close();
+        self.inner.tasks.wait().await;
+        let mut s = self.state();
+        s.idle.clear();
+        s.leased.clear();
+    }
+
     /// Stops the pool: no more leases, background tasks stopped, and every container of this
     /// instance removed, within `within`. Returns how many containers were removed.
     pub async fn shutdown(&self, within: Duration) -> usize {
         let deadline = Instant::now() + within;
+        self.close();
         let known: Vec<String> = {
-            let mut s = self.state();
-            s.closed = true;
+            let s = self.state();
             s.idle
                 .iter()
                 .map(|sb| sb.id.clone())
@@ -890,9 +913,6 @@ impl ContainerPool {
                 .chain(s.scrubbing.iter().cloned())
                 .collect()
         };
-        self.inner.cancel.cancel();
-        self.inner.available.notify_waiters();
-        self.inner.tasks.close();
         // Recycles and creates in flight see `closed` and destroy their containers.
         let _ = timeout_at(deadline, self.inner.tasks.wait()).await;
         let mut ids: HashSet<String> = known.into_iter().collect();

@@ -1,0 +1,292 @@
+//! Helpers shared by the integration tests: unique instance ids, a drop guard that removes
+//! every container a test created (even when it fails), fast test settings, the image, a
+//! tiny HTTP client and a fault-injecting Docker endpoint.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sandpool::config::Config;
+use sandpool::docker::{DockerGate, ExecOutput, ExecSpec};
+use sandpool::pool::{ContainerPool, NoopObserver};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::sync::OnceCell;
+
+pub const DOCKER_SOCK: &str = "/var/run/docker.sock";
+
+/// A fresh instance id, so that tests never see each other's containers.
+pub fn unique_instance(name: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t-{name}-{}", &id[..8])
+}
+
+/// Removes every container labeled with the instance when dropped, whatever the test did.
+/// Pools it watches are closed first, so that a test that fails half-way does not leave a
+/// refill task creating containers after the guard has run.
+pub struct Cleanup(pub String, pub std::sync::Mutex<Vec<ContainerPool>>);
+
+impl Cleanup {
+    pub fn new(instance: &str) -> Self {
+        Self(instance.to_string(), Default::default())
+    }
+    pub fn watch(&self, pool: &ContainerPool) {
+        self.1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pool.clone());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for pool in self.1.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            pool.close();
+        }
+        // Removes until the list stays empty: a create already sent to Docker may land late.
+        let mut quiet_rounds = 0;
+        for _ in 0..50 {
+            let ids = labeled_containers(&self.0);
+            if ids.is_empty() {
+                quiet_rounds += 1;
+                if quiet_rounds == 3 {
+                    return;
+                }
+            } else {
+                quiet_rounds = 0;
+                for id in ids {
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f", "-v", &id])
+                        .output();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Ids of every container (running or not) labeled with `instance`, from the docker CLI, so
+/// that the tests count with something other than the code under test.
+pub fn labeled_containers(instance: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=sandpool.instance={instance}"),
+        ])
+        .output()
+        .expect("docker CLI runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs the docker CLI and returns stdout; panics with stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI runs");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Settings for tests: small pools, fast loops.
+pub fn test_config(instance: &str) -> Config {
+    let mut config = Config::with_instance(instance);
+    config.pool.min_idle = 2;
+    config.pool.max = 4;
+    config.pool.reconcile_interval_ms = 500;
+    config.pool.acquire_timeout_ms = 20_000;
+    config.pool.memory_bytes = 128 << 20;
+    config.pool.tmpfs_bytes = 32 << 20;
+    config.pool.pids_limit = 128;
+    config.gate.call_timeout_ms = 20_000;
+    config.shutdown_timeout_secs = 20;
+    config
+}
+
+static IMAGE: OnceCell<()> = OnceCell::const_new();
+
+/// A gate on the real engine, with the sandbox image built if Docker lacks it.
+pub async fn real_gate(config: &Config) -> Arc<DockerGate> {
+    let gate = DockerGate::connect(&config.docker_host, &config.gate)
+        .await
+        .expect("docker reachable");
+    IMAGE
+        .get_or_init(|| async {
+            sandpool::docker::image::ensure_image(&gate, &config.image)
+                .await
+                .expect("sandbox image builds");
+        })
+        .await;
+    gate
+}
+
+/// A started pool on the real engine.
+pub async fn start_pool(config: &Config) -> ContainerPool {
+    let gate = real_gate(config).await;
+    ContainerPool::start(gate, config, Arc::new(NoopObserver), &HashSet::new())
+        .await
+        .expect("pool starts")
+}
+
+/// Runs `script` with `sh -c` as the sandbox user in `/workspace`.
+pub async fn sh(pool: &ContainerPool, container: &str, script: &str) -> ExecOutput {
+    let spec = ExecSpec {
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        user: "1000:1000".into(),
+        working_dir: Some("/workspace".into()),
+        env: vec!["HOME=/home/sandbox".into()],
+        timeout: Duration::from_secs(20),
+        output_limit: 1 << 20,
+    };
+    pool.exec(container, &spec, None).await.expect("exec runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+/// Bounds every await of a test, so that a hang fails instead of freezing CI.
+pub async fn within<T>(secs: u64, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {secs} s: {what}"))
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // Bodies may be chunked; the tests only search them for substrings and JSON objects.
+    (status, body)
+}
+
+/// Extracts the first JSON object of a (possibly chunked) HTTP body.
+pub fn json_body(body: &str) -> serde_json::Value {
+    let start = body.find('{').expect("a JSON object in the body");
+    let end = body.rfind('}').expect("a JSON object in the body");
+    serde_json::from_str(&body[start..=end]).expect("valid JSON")
+}
+
+/// What the fault endpoint does with each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FaultMode {
+    /// Forward bytes to the real Docker socket.
+    Proxy = 0,
+    /// Answer every request with HTTP 500.
+    Fail = 1,
+    /// Accept the connection and never answer.
+    Hang = 2,
+}
+
+/// A Docker endpoint on a unix socket that forwards to the real engine, or injects a fault,
+/// as the test says. This is the fault seam: the real engine cannot be told to fail on demand.
+pub struct FaultyDocker {
+    pub path: PathBuf,
+    mode: Arc<AtomicU8>,
+    pub connections: Arc<AtomicUsize>,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultyDocker {
+    pub async fn start(mode: FaultMode) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("docker.sock");
+        let listener = UnixListener::bind(&path).expect("bind fault socket");
+        let mode_cell = Arc::new(AtomicU8::new(mode as u8));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (m, c) = (mode_cell.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let mode = m.load(Ordering::SeqCst);
+                tokio::spawn(serve_fault(conn, mode));
+            }
+        });
+        Self {
+            path,
+            mode: mode_cell,
+            connections,
+            _dir: dir,
+            task,
+        }
+    }
+
+    pub fn set_mode(&self, mode: FaultMode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+}
+
+impl Drop for FaultyDocker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_fault(mut conn: UnixStream, mode: u8) {
+    match mode {
+        0 => {
+            if let Ok(mut upstream) = UnixStream::connect(Path::new(DOCKER_SOCK)).await {
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+            }
+        }
+        1 => {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = r#"{"message":"injected fault"}"#;
+            let resp = format!(
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        }
+        _ => {
+            // Hold the connection open without answering.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(conn);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The real `sandpool` binary: status routes, SIGTERM leaves nothing, and a kill -9 followed
+//! by a restart with the same instance id leaves no orphan.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Service {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn_service(instance: &str, extra: &[(&str, &str)]) -> Service {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandpool"));
+    cmd.arg("serve")
+        .env("SANDPOOL_LISTEN", addr.to_string())
+        .env("SANDPOOL_INSTANCE_ID", instance)
+        .env("SANDPOOL_POOL_MIN_IDLE", "3")
+        .env("SANDPOOL_POOL_MAX", "6")
+        .env("SANDPOOL_POOL_RECONCILE_INTERVAL_MS", "500")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("binary starts");
+    let service = Service { child, addr };
+    within(90, "service ready", async {
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok()
+                && http_get(addr, "/readyz").await.0 == 200
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    service
+}
+
+fn sigterm_and_wait(mut service: Service) -> std::process::ExitStatus {
+    let pid = service.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = service.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_routes_and_sigterm_leaves_zero_containers() {
+    let instance = unique_instance("svc");
+    let _cleanup = Cleanup::new(&instance);
+    let service = spawn_service(&instance, &[]).await;
+    let addr = service.addr;
+
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    let (status, body) = http_get(addr, "/api/pool").await;
+    assert_eq!(status, 200);
+    let pool = json_body(&body);
+    assert_eq!(pool["idle"], 3, "{pool}");
+    for field in [
+        "idle",
+        "leased",
+        "creating",
+        "scrubbing",
+        "max",
+        "image",
+        "breaker",
+    ] {
+        assert!(pool.get(field).is_some(), "/api/pool lacks {field}: {pool}");
+    }
+    assert_eq!(pool["breaker"], "closed");
+    assert_eq!(pool["max"], 6);
+    assert_eq!(pool["image"], "sandpool/sandbox:latest");
+
+    let (status, metrics) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "sandpool_pool_containers{state=\"idle\"} 3",
+        "sandpool_docker_queue_depth",
+        "sandpool_docker_breaker_state{state=\"closed\"} 1",
+        "sandpool_pool_create_seconds_count",
+        "sandpool_docker_calls_total",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+    assert_eq!(labeled_containers(&instance).len(), 3);
+
+    let status = sigterm_and_wait(service);
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        labeled_containers(&instance).is_empty(),
+        "SIGTERM leaves no container"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_restart_leaves_no_orphan() {
+    let instance = unique_instance("kill9");
+    let _cleanup = Cleanup::new(&instance);
+    let mut service = spawn_service(&instance, &[]).await;
+    let before = labeled_containers(&instance);
+    assert_eq!(before.len(), 3);
+    // Dirty one of them from outside, as a session would have.
+    docker(&[
+        "exec",
+        "-u",
+        "1000:1000",
+        &before[0],
+        "sh",
+        "-c",
+        "echo x > /workspace/left; sleep 1000 >/dev/null 2>&1 &",
+    ]);
+    service.child.kill().unwrap(); // SIGKILL: no shutdown runs
+    service.child.wait().unwrap();
+    assert_eq!(
+        labeled_containers(&instance).len(),
+        3,
+        "a crash leaves its containers"
+    );
+
+    let service = spawn_service(&instance, &[]).await;
+    let (_, body) = http_get(service.addr, "/api/pool").await;
+    let pool = json_body(&body);
+    assert_eq!(pool["idle"], 3, "leftovers adopted: {pool}");
+    let after = labeled_containers(&instance);
+    assert_eq!(after.len(), 3, "no extra containers: {after:?}");
+    let dirty = docker(&[
+        "exec",
+        &before[0],
+        "sh",
+        "-c",
+        "ls -A /workspace; ps -o args | grep -c '^sleep 1000'; true",
+    ]);
+    assert_eq!(dirty, "0", "adopted leftover was scrubbed");
+
+    let status = sigterm_and_wait(service);
+    assert!(status.success());
+    assert!(labeled_containers(&instance).is_empty(), "no orphans");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_setting_stops_startup_naming_the_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sandpool"))
+        .arg("serve")
+        .env("SANDPOOL_POOL_MIN_IDLE", "many")
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SANDPOOL_POOL_MIN_IDLE"), "{stderr}");
+}
