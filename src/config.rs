@@ -75,6 +75,9 @@ pub struct Config {
     #[command(flatten)]
     pub image: ImageConfig,
 
+    #[command(flatten)]
+    pub session: SessionConfig,
+
     /// How long graceful shutdown may take before the process exits anyway, in seconds.
     /// Default 30.
     #[arg(long, env = "SANDPOOL_SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_env::<u64>("SANDPOOL_SHUTDOWN_TIMEOUT_SECS"))]
@@ -268,6 +271,72 @@ impl Default for ImageConfig {
     }
 }
 
+/// Where sessions live and how long they last.
+#[derive(Debug, Clone, Args)]
+pub struct SessionConfig {
+    /// Redis for session state, e.g. `redis://127.0.0.1:6379`. Unset: sessions live in this
+    /// process (nothing survives a restart or is shared between replicas). Default unset.
+    #[arg(long = "redis-url", env = "SANDPOOL_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key. Default `sandpool:`.
+    #[arg(
+        long = "redis-prefix",
+        env = "SANDPOOL_REDIS_PREFIX",
+        default_value = "sandpool:"
+    )]
+    pub redis_prefix: String,
+
+    /// Period of the expiry janitor, in seconds. Default 10.
+    #[arg(long = "janitor-interval-secs", env = "SANDPOOL_JANITOR_INTERVAL_SECS", default_value = "10", value_parser = parse_positive("SANDPOOL_JANITOR_INTERVAL_SECS"))]
+    pub janitor_interval_secs: usize,
+
+    /// Sessions one janitor query fetches and claims at once. Default 100.
+    #[arg(long = "janitor-batch", env = "SANDPOOL_JANITOR_BATCH", default_value = "100", value_parser = parse_positive("SANDPOOL_JANITOR_BATCH"))]
+    pub janitor_batch: usize,
+
+    /// A session idle longer than this is ended, in seconds. Default 900.
+    #[arg(long = "session-idle-ttl-secs", env = "SANDPOOL_SESSION_IDLE_TTL_SECS", default_value = "900", value_parser = parse_positive("SANDPOOL_SESSION_IDLE_TTL_SECS"))]
+    pub idle_ttl_secs: usize,
+
+    /// How long a session whose connection dropped keeps its sandbox for a resume, in
+    /// seconds. Default 30.
+    #[arg(long = "reconnect-grace-secs", env = "SANDPOOL_RECONNECT_GRACE_SECS", default_value = "30", value_parser = parse_env::<u64>("SANDPOOL_RECONNECT_GRACE_SECS"))]
+    pub reconnect_grace_secs: u64,
+
+    /// Life of this instance's heartbeat key, in seconds; renewed every third of it. Another
+    /// instance may take over its sessions once it has lapsed. Default 15.
+    #[arg(long = "heartbeat-ttl-secs", env = "SANDPOOL_HEARTBEAT_TTL_SECS", default_value = "15", value_parser = parse_positive("SANDPOOL_HEARTBEAT_TTL_SECS"))]
+    pub heartbeat_ttl_secs: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_prefix: "sandpool:".into(),
+            janitor_interval_secs: 10,
+            janitor_batch: 100,
+            idle_ttl_secs: 900,
+            reconnect_grace_secs: 30,
+            heartbeat_ttl_secs: 15,
+        }
+    }
+}
+
+impl SessionConfig {
+    pub fn settings(&self) -> crate::session::SessionSettings {
+        crate::session::SessionSettings {
+            idle_ttl: Duration::from_secs(self.idle_ttl_secs as u64),
+            reconnect_grace: Duration::from_secs(self.reconnect_grace_secs),
+            janitor_interval: Duration::from_secs(self.janitor_interval_secs as u64),
+            janitor_batch: self.janitor_batch,
+            heartbeat_ttl: Duration::from_secs(self.heartbeat_ttl_secs as u64),
+            touch_every: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Config {
     /// A configuration with every default, for tests and embedding.
     pub fn with_instance(instance_id: impl Into<String>) -> Self {
@@ -278,6 +347,7 @@ impl Config {
             gate: GateConfig::default(),
             pool: PoolConfig::default(),
             image: ImageConfig::default(),
+            session: SessionConfig::default(),
             shutdown_timeout_secs: 30,
         }
     }

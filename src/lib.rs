@@ -5,16 +5,18 @@
 //! - [`docker`]: the only code that talks to Docker (bollard): the gate with its semaphore,
 //!   queue bound, circuit breaker, retries and timeouts; the sandbox spec; the image build.
 //! - [`pool`]: the warm pool: acquire, release with scrub and verify, refill, reconcile.
+//! - [`session`]: sessions in a store (Redis or in process), the janitor, ownership.
 //! - [`api`]: HTTP routes (status, readiness, metrics).
 //! - [`metrics`]: every metric name.
 //!
-//! Dependencies point one way: `api → pool → docker`.
+//! Dependencies point one way: `api → session → pool → docker`.
 
 pub mod api;
 pub mod config;
 pub mod docker;
 pub mod metrics;
 pub mod pool;
+pub mod session;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -27,6 +29,7 @@ use crate::docker::DockerGate;
 use crate::docker::image::ImageError;
 use crate::metrics::Metrics;
 use crate::pool::{ContainerPool, PoolError};
+use crate::session::{MemoryStore, RedisStore, SessionManager, SessionStore};
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,8 @@ pub enum RunError {
     Image(#[from] ImageError),
     #[error("cannot start the pool: {0}")]
     Pool(#[from] PoolError),
+    #[error("cannot reach the session store at SANDPOOL_REDIS_URL: {0}")]
+    Store(#[from] session::StoreError),
     #[error("http server failed: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -59,24 +64,42 @@ pub async fn run(
             source,
         })?;
     docker::image::ensure_image(&gate, &config.image).await?;
+    let store: Arc<dyn SessionStore> = match &config.session.redis_url {
+        Some(url) => Arc::new(RedisStore::connect(url, &config.session.redis_prefix).await?),
+        None => Arc::new(MemoryStore::new()),
+    };
+    // Sessions this instance held before a crash keep their sandboxes.
+    let recovered = SessionManager::recover(store.as_ref(), &config.instance_id).await?;
+    let keep: HashSet<String> = recovered.iter().map(|s| s.container_id.clone()).collect();
     let metrics = Metrics::new(gate.clone());
-    let pool = ContainerPool::start(gate, &config, metrics.clone(), &HashSet::new()).await?;
+    let pool = ContainerPool::start(gate, &config, metrics.clone(), &keep).await?;
+    let sessions = SessionManager::start(
+        store,
+        pool.clone(),
+        &config.instance_id,
+        config.session.settings(),
+        recovered,
+    )
+    .await;
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         instance = %config.instance_id,
         image = %config.image.image,
+        sessions = sessions.store().kind(),
         min_idle = config.pool.min_idle,
         max = config.pool.max,
         "sandpool serving"
     );
     let app = api::router(api::AppState {
         pool: pool.clone(),
+        sessions: sessions.clone(),
         metrics: Arc::clone(&metrics),
     });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
-    tracing::info!("shutting down: removing this instance's containers");
+    tracing::info!("shutting down: ending sessions and removing this instance's containers");
+    sessions.shutdown(config.shutdown_timeout()).await;
     pool.shutdown(config.shutdown_timeout()).await;
     served.map_err(RunError::Http)
 }

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::docker::{BreakerState, DockerGate};
 use crate::pool::{ContainerPool, PoolObserver, RecycleOutcome};
+use crate::session::SessionManager;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -32,6 +33,7 @@ struct OutcomeLabel {
 pub struct Metrics {
     registry: Registry,
     pool_containers: Family<StateLabel, Gauge>,
+    sessions: Family<StateLabel, Gauge>,
     docker_in_flight: Gauge,
     docker_queue_depth: Gauge,
     docker_breaker_state: Family<StateLabel, Gauge>,
@@ -53,6 +55,12 @@ impl Metrics {
             "pool_containers",
             "Containers of this instance by state",
             pool_containers.clone(),
+        );
+        let sessions = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "sessions",
+            "Sessions this instance holds, by state",
+            sessions.clone(),
         );
         let docker_in_flight = Gauge::default();
         registry.register(
@@ -100,6 +108,7 @@ impl Metrics {
         Arc::new(Self {
             registry,
             pool_containers,
+            sessions,
             docker_in_flight,
             docker_queue_depth,
             docker_breaker_state,
@@ -110,7 +119,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the snapshot gauges refreshed from `pool`.
-    pub fn render(&self, pool: &ContainerPool) -> String {
+    pub fn render(&self, pool: &ContainerPool, sessions: &SessionManager) -> String {
+        for (state, n) in sessions.local_counts() {
+            self.sessions
+                .get_or_create(&StateLabel { state })
+                .set(n as i64);
+        }
         let status = pool.status();
         for (state, n) in [
             ("idle", status.idle),

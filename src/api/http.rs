@@ -11,11 +11,13 @@ use serde_json::json;
 
 use crate::metrics::Metrics;
 use crate::pool::ContainerPool;
+use crate::session::SessionManager;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: ContainerPool,
+    pub sessions: SessionManager,
     pub metrics: Arc<Metrics>,
 }
 
@@ -52,6 +54,10 @@ async fn pool_status(State(state): State<AppState>) -> Response {
     let gate = state.pool.gate().status();
     let mut body = serde_json::to_value(&pool).unwrap_or_else(|_| json!({}));
     body["gate"] = serde_json::to_value(&gate).unwrap_or_else(|_| json!({}));
+    body["sessions"] = json!({
+        "store": state.sessions.store().kind(),
+        "local": state.sessions.local_counts(),
+    });
     Json(body).into_response()
 }
 
@@ -61,7 +67,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(&state.pool),
+        state.metrics.render(&state.pool, &state.sessions),
     )
         .into_response()
 }

@@ -26,7 +26,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::breaker::{Breaker, BreakerState};
 use super::error::DockerError;
-use super::spec::{LABEL_INSTANCE, LABEL_ROLE, ROLE_SANDBOX, SandboxSpec};
+use super::spec::{LABEL_APP, LABEL_INSTANCE, LABEL_ROLE, ROLE_SANDBOX, SandboxSpec};
 use crate::config::GateConfig;
 
 /// The gate. Cheap to share behind an `Arc`.
@@ -72,6 +72,8 @@ pub struct SandboxInfo {
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: i64,
     pub image: String,
+    /// Labeled as a sandpool sandbox (of any instance).
+    pub is_sandbox: bool,
 }
 
 /// A container event from Docker's event stream, for containers of one instance.
@@ -405,6 +407,14 @@ impl DockerGate {
             .await
         {
             Ok(c) => Ok(Some(SandboxInfo {
+                is_sandbox: c
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.as_ref())
+                    .is_some_and(|l| {
+                        l.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_SANDBOX)
+                            && l.get(LABEL_APP).map(String::as_str) == Some("sandpool")
+                    }),
                 id: c.id.unwrap_or_else(|| id.to_string()),
                 running: c.state.and_then(|s| s.running).unwrap_or(false),
                 created_unix: c
@@ -445,6 +455,7 @@ impl DockerGate {
                     running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
                     created_unix: c.created.unwrap_or(0),
                     image: c.image.unwrap_or_default(),
+                    is_sandbox: true,
                 })
             })
             .collect())

@@ -143,6 +143,9 @@ struct Sandbox {
     uses: u32,
     /// Docker reported it dead while leased; its release destroys it.
     dead: bool,
+    /// Adopted from another (stopped) instance with a session it held: labeled for that
+    /// instance, so it is destroyed on release rather than kept in this pool.
+    foreign: bool,
 }
 
 #[derive(Default)]
@@ -466,6 +469,7 @@ impl ContainerPool {
                 created_unix: now_unix(),
                 uses: 0,
                 dead: false,
+                foreign: false,
             })
         }
         .await;
@@ -510,6 +514,8 @@ impl ContainerPool {
         let age = now_unix() - sandbox.created_unix;
         let reason = if sandbox.dead {
             Some("container died".to_string())
+        } else if sandbox.foreign {
+            Some("adopted from another instance".to_string())
         } else if sandbox.uses as usize >= c.max_uses {
             Some(format!("served its maximum of {} leases", c.max_uses))
         } else if age >= c.max_age_secs as i64 {
@@ -588,6 +594,67 @@ impl ContainerPool {
         }
     }
 
+    /// Whether `container_id` is leased from this pool.
+    pub fn is_leased(&self, container_id: &str) -> bool {
+        self.state().leased.contains_key(container_id)
+    }
+
+    /// Takes a running sandbox of another (stopped) instance into this pool as leased, for a
+    /// session taken over from it. Its release destroys it.
+    pub async fn adopt_leased(&self, container_id: &str) -> Result<(), PoolError> {
+        if self.is_leased(container_id) {
+            return Ok(());
+        }
+        let info = self
+            .inner
+            .gate
+            .inspect_sandbox(container_id)
+            .await?
+            .filter(|i| i.running && i.is_sandbox)
+            .ok_or_else(|| PoolError::NotLeased(container_id.to_string()))?;
+        let mut s = self.state();
+        if s.closed {
+            return Err(PoolError::Closed);
+        }
+        if s.total() >= self.inner.config.max {
+            return Err(PoolError::Exhausted {
+                waited_ms: 0,
+                max: self.inner.config.max,
+            });
+        }
+        s.leased.insert(
+            info.id.clone(),
+            Sandbox {
+                name: info.id.chars().take(12).collect(),
+                id: info.id,
+                created_unix: info.created_unix,
+                uses: 1,
+                dead: false,
+                foreign: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a sandbox that belongs to no pool any more (its instance stopped), after
+    /// checking that it is a sandpool sandbox.
+    pub async fn remove_foreign(&self, container_id: &str) {
+        if self.state().knows(container_id) {
+            return;
+        }
+        match self.inner.gate.inspect_sandbox(container_id).await {
+            Ok(Some(info)) if info.is_sandbox => {
+                if let Err(error) = self.inner.gate.remove_container(container_id).await {
+                    tracing::warn!(%container_id, %error, "removing a stopped instance's sandbox failed");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%container_id, %error, "inspecting a stopped instance's sandbox failed")
+            }
+        }
+    }
+
     /// Runs a command in a leased container. Refused for a container that is not leased, so
     /// that nothing can run in a container that is being scrubbed or is idle.
     pub async fn exec(
@@ -638,11 +705,12 @@ impl ContainerPool {
     fn container_gone(&self, id: &str, why: &str) {
         let mut s = self.state();
         if let Some(pos) = s.idle.iter().position(|sb| sb.id == id) {
-            let sandbox = s.idle.remove(pos).expect("position is in range");
-            s.destroying.insert(sandbox.id.clone());
-            drop(s);
-            tracing::warn!(container_id = %id, why, "idle sandbox died, replacing it");
-            self.spawn_destroy(sandbox.id);
+            if let Some(sandbox) = s.idle.remove(pos) {
+                s.destroying.insert(sandbox.id.clone());
+                drop(s);
+                tracing::warn!(container_id = %id, why, "idle sandbox died, replacing it");
+                self.spawn_destroy(sandbox.id);
+            }
         } else if let Some(sandbox) = s.leased.get_mut(id)
             && !sandbox.dead
         {
@@ -678,6 +746,7 @@ impl ContainerPool {
                     created_unix: info.created_unix,
                     uses: 0,
                     dead: !info.running,
+                    foreign: false,
                 };
                 let fits = s.total() < self.inner.config.max;
                 if keep_leased.contains(&info.id) && fits {
@@ -832,6 +901,16 @@ impl ContainerPool {
     /// replaced, leased ones are marked lost, and containers of this instance that the pool
     /// does not know (and that are not fresh creates) are removed.
     pub async fn reconcile_once(&self) {
+        // Only containers the pool knew before asking Docker can be judged by its answer: one
+        // created while the list was on its way is simply not in it yet.
+        let known_before: HashSet<String> = {
+            let s = self.state();
+            s.idle
+                .iter()
+                .map(|sb| sb.id.clone())
+                .chain(s.leased.keys().cloned())
+                .collect()
+        };
         let listed = match self
             .inner
             .gate
@@ -856,7 +935,7 @@ impl ContainerPool {
                 .iter()
                 .map(|sb| sb.id.clone())
                 .chain(s.leased.keys().cloned())
-                .filter(|id| !running.contains(id.as_str()))
+                .filter(|id| known_before.contains(id) && !running.contains(id.as_str()))
                 .collect();
             let now = now_unix();
             let strays: Vec<String> = listed

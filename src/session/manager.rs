@@ -1,0 +1,591 @@
+//! The session manager: sessions of this instance, their sandboxes, and the background loops
+//! (janitor, heartbeat, catch-up).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::model::{Session, SessionState, new_resume_token, now_ms, token_matches};
+use super::store::{Cutoffs, SessionStore, StoreError, Sweep};
+use crate::pool::{ContainerPool, Lease, PoolError};
+
+/// Timing of sessions and of the loops that look after them.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// A session idle longer than this is ended by the janitor.
+    pub idle_ttl: Duration,
+    /// How long a session whose socket dropped waits for a resume.
+    pub reconnect_grace: Duration,
+    /// Period of the janitor.
+    pub janitor_interval: Duration,
+    /// Sessions a janitor query fetches and claims at once.
+    pub janitor_batch: usize,
+    /// Life of the instance heartbeat key; it is renewed every third of it.
+    pub heartbeat_ttl: Duration,
+    /// At most one store write per session per this, for activity.
+    pub touch_every: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            idle_ttl: Duration::from_secs(900),
+            reconnect_grace: Duration::from_secs(30),
+            janitor_interval: Duration::from_secs(10),
+            janitor_batch: 100,
+            heartbeat_ttl: Duration::from_secs(15),
+            touch_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Idle longer than the idle TTL.
+    Idle,
+    /// Its socket dropped and it was not resumed within the grace.
+    Disconnected,
+    /// The client ended it.
+    Ended,
+    /// The service is shutting down.
+    Shutdown,
+    /// Its sandbox died.
+    SandboxLost,
+    /// A claimer died half-way through ending it; finished by another.
+    Abandoned,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Idle => "idle",
+            EndReason::Disconnected => "disconnected",
+            EndReason::Ended => "ended",
+            EndReason::Shutdown => "shutdown",
+            EndReason::SandboxLost => "sandbox_lost",
+            EndReason::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// Why a session operation failed. The API maps each to a stable error code.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no sandbox for a new session: {0}")]
+    Pool(#[from] PoolError),
+    #[error("session store: {0}")]
+    Store(#[from] StoreError),
+    /// Unknown, expired or ended.
+    #[error("session {0} has expired or does not exist")]
+    Expired(String),
+    /// The resume token does not match.
+    #[error("resume token does not match session {0}")]
+    BadToken(String),
+    /// Another live instance holds the session.
+    #[error("session {id} is held by instance {owner}")]
+    Elsewhere { id: String, owner: String },
+    #[error("no randomness for a resume token: {0}")]
+    Random(String),
+}
+
+/// A new session, with the token the client needs to resume it (only ever returned here).
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub session: Session,
+    pub resume_token: String,
+    pub lease: Lease,
+}
+
+/// What a janitor pass did.
+#[derive(Debug, Clone, Default)]
+pub struct JanitorReport {
+    pub examined: usize,
+    pub ended: usize,
+}
+
+/// Told when a session of this instance ends, so that its socket can hear of it.
+pub trait SessionHooks: Send + Sync + 'static {
+    fn ended(&self, session: &Session, reason: EndReason);
+}
+
+struct Local {
+    /// The record as this instance last wrote it, to write again if the store lost it.
+    session: Session,
+    /// When activity was last written to the store (ms), for throttling.
+    last_touch_ms: i64,
+}
+
+struct Inner {
+    store: Arc<dyn SessionStore>,
+    pool: ContainerPool,
+    instance: String,
+    settings: SessionSettings,
+    /// Sessions this instance holds.
+    local: Mutex<HashMap<String, Local>>,
+    hooks: RwLock<Option<Arc<dyn SessionHooks>>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Sessions of this instance. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionManager {
+    inner: Arc<Inner>,
+}
+
+impl SessionManager {
+    /// Sessions `instance` held when it last ran (a crash, a restart): their containers must
+    /// be adopted as leased by the pool, not scrubbed. Call before starting the pool.
+    pub async fn recover(
+        store: &dyn SessionStore,
+        instance: &str,
+    ) -> Result<Vec<Session>, StoreError> {
+        let mut sessions = Vec::new();
+        for id in store.owned_by(instance).await? {
+            if let Some(s) = store.get(&id).await? {
+                sessions.push(s);
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// Starts the manager: takes back `recovered` sessions (those whose sandbox the pool
+    /// adopted wait for a resume; the others are ended), and starts the janitor, the
+    /// heartbeat and the catch-up loop.
+    pub async fn start(
+        store: Arc<dyn SessionStore>,
+        pool: ContainerPool,
+        instance: &str,
+        settings: SessionSettings,
+        recovered: Vec<Session>,
+    ) -> Self {
+        let manager = Self {
+            inner: Arc::new(Inner {
+                store,
+                pool,
+                instance: instance.to_string(),
+                settings,
+                local: Mutex::new(HashMap::new()),
+                hooks: RwLock::new(None),
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        if let Err(error) = manager.beat().await {
+            tracing::warn!(%error, "first heartbeat failed; retrying in the background");
+        }
+        let now = now_ms();
+        for s in recovered {
+            if s.state != SessionState::Ending && manager.inner.pool.is_leased(&s.container_id) {
+                // Its socket is gone with the old process: the grace starts now.
+                let _ = manager.inner.store.detach(&s.id, now).await;
+                let mut s = s;
+                if s.state == SessionState::Active {
+                    s.state = SessionState::Detached;
+                    s.detached_at_ms = now;
+                }
+                manager.local().insert(
+                    s.id.clone(),
+                    Local {
+                        session: s,
+                        last_touch_ms: now,
+                    },
+                );
+            } else if s.state != SessionState::Ending {
+                // Its sandbox is gone: the session cannot go on.
+                if let Ok(Some(claimed)) = manager.inner.store.claim(&s.id, instance, now).await {
+                    manager.finish(claimed, EndReason::SandboxLost).await;
+                }
+            }
+            // Ending ones are finished by the janitor's stale-claim sweep.
+        }
+        let m = manager.clone();
+        manager
+            .inner
+            .tasks
+            .spawn(async move { m.janitor_loop().await });
+        let m = manager.clone();
+        manager
+            .inner
+            .tasks
+            .spawn(async move { m.heartbeat_loop().await });
+        let m = manager.clone();
+        manager
+            .inner
+            .tasks
+            .spawn(async move { m.watch_pool().await });
+        manager
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<String, Local>> {
+        self.inner.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_hooks(&self, hooks: Arc<dyn SessionHooks>) {
+        *self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()) = Some(hooks);
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.inner.store
+    }
+
+    pub fn pool(&self) -> &ContainerPool {
+        &self.inner.pool
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Sessions this instance holds, by state.
+    pub fn local_counts(&self) -> HashMap<&'static str, usize> {
+        let mut counts = HashMap::from([("active", 0), ("detached", 0), ("ending", 0)]);
+        for l in self.local().values() {
+            *counts.entry(l.session.state.as_str()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The record of a session this instance holds.
+    pub fn local_session(&self, id: &str) -> Option<Session> {
+        self.local().get(id).map(|l| l.session.clone())
+    }
+
+    /// Opens a new session with a sandbox from the pool.
+    pub async fn open(&self) -> Result<Opened, SessionError> {
+        let lease = self.inner.pool.acquire().await?;
+        let (token, hash) = match new_resume_token() {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.inner.pool.release(&lease.container_id);
+                return Err(SessionError::Random(e.to_string()));
+            }
+        };
+        let session = Session::new(&self.inner.instance, &lease.container_id, hash, now_ms());
+        if let Err(e) = self.inner.store.put(&session).await {
+            // No record, no session: the sandbox goes back at once.
+            let _ = self.inner.pool.release(&lease.container_id);
+            return Err(e.into());
+        }
+        self.local().insert(
+            session.id.clone(),
+            Local {
+                session: session.clone(),
+                last_touch_ms: session.last_active_ms,
+            },
+        );
+        Ok(Opened {
+            session,
+            resume_token: token,
+            lease,
+        })
+    }
+
+    /// Resumes a session with its token: same sandbox. A session held by an instance that
+    /// stopped heartbeating is taken over (its container adopted, not recreated).
+    pub async fn resume(&self, id: &str, token: &str) -> Result<Session, SessionError> {
+        let store = &self.inner.store;
+        let mut s = store
+            .get(id)
+            .await?
+            .ok_or_else(|| SessionError::Expired(id.to_string()))?;
+        if !token_matches(token, &s.token_hash) {
+            return Err(SessionError::BadToken(id.to_string()));
+        }
+        if s.state == SessionState::Ending {
+            return Err(SessionError::Expired(id.to_string()));
+        }
+        let me = &self.inner.instance;
+        if &s.owner != me {
+            if store.is_alive(&s.owner).await? {
+                return Err(SessionError::Elsewhere {
+                    id: id.to_string(),
+                    owner: s.owner.clone(),
+                });
+            }
+            if !store.transfer(id, &s.owner, me).await? {
+                return Err(SessionError::Expired(id.to_string()));
+            }
+            if let Err(e) = self.inner.pool.adopt_leased(&s.container_id).await {
+                tracing::warn!(session_id = %id, error = %e, "taking over a session whose sandbox is gone");
+                if let Ok(Some(claimed)) = store.claim(id, me, now_ms()).await {
+                    self.finish(claimed, EndReason::SandboxLost).await;
+                }
+                return Err(SessionError::Expired(id.to_string()));
+            }
+            tracing::info!(session_id = %id, from = %s.owner, "took over a session from a stopped instance");
+            s.owner = me.clone();
+        }
+        let now = now_ms();
+        if !store.reattach(id, now).await? {
+            return Err(SessionError::Expired(id.to_string()));
+        }
+        s.state = SessionState::Active;
+        s.detached_at_ms = 0;
+        s.last_active_ms = s.last_active_ms.max(now);
+        self.local().insert(
+            id.to_string(),
+            Local {
+                session: s.clone(),
+                last_touch_ms: now,
+            },
+        );
+        Ok(s)
+    }
+
+    /// Records activity, writing to the store at most once per `touch_every`.
+    pub async fn touch(&self, id: &str) {
+        let now = now_ms();
+        let due = {
+            let mut local = self.local();
+            match local.get_mut(id) {
+                Some(l)
+                    if now - l.last_touch_ms
+                        >= self.inner.settings.touch_every.as_millis() as i64 =>
+                {
+                    l.last_touch_ms = now;
+                    l.session.last_active_ms = now;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if due && let Err(error) = self.inner.store.touch(id, now).await {
+            tracing::debug!(session_id = %id, %error, "recording activity failed");
+        }
+    }
+
+    /// The session's socket dropped: it keeps its sandbox for the reconnect grace.
+    pub async fn detach(&self, id: &str) {
+        let now = now_ms();
+        if let Some(l) = self.local().get_mut(id) {
+            l.session.state = SessionState::Detached;
+            l.session.detached_at_ms = now;
+        } else {
+            return;
+        }
+        if let Err(error) = self.inner.store.detach(id, now).await {
+            tracing::warn!(session_id = %id, %error, "marking a session detached failed; the catch-up loop will retry");
+        }
+    }
+
+    /// Ends a session now. `false` when it was already ending or gone.
+    pub async fn end(&self, id: &str, reason: EndReason) -> Result<bool, SessionError> {
+        match self
+            .inner
+            .store
+            .claim(id, &self.inner.instance, now_ms())
+            .await?
+        {
+            Some(s) => {
+                self.finish(s, reason).await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Ends a claimed session: tells its socket, gives the sandbox back (or removes a dead
+    /// instance's), deletes the record.
+    async fn finish(&self, s: Session, reason: EndReason) {
+        self.local().remove(&s.id);
+        let hooks = self
+            .inner
+            .hooks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hooks) = hooks {
+            hooks.ended(&s, reason);
+        }
+        if s.owner == self.inner.instance {
+            match self.inner.pool.release(&s.container_id) {
+                Ok(_) | Err(PoolError::NotLeased(_)) => {}
+                Err(error) => {
+                    tracing::warn!(session_id = %s.id, %error, "releasing a sandbox failed")
+                }
+            }
+        } else {
+            // A stopped instance's session: its container is not in our pool.
+            self.inner.pool.remove_foreign(&s.container_id).await;
+        }
+        if let Err(error) = self.inner.store.delete(&s.id).await {
+            tracing::warn!(session_id = %s.id, %error, "deleting an ended session failed; the stale-claim sweep will finish it");
+        }
+        tracing::info!(session_id = %s.id, reason = reason.as_str(), "session ended");
+    }
+
+    /// One janitor pass: ends every session past its idle TTL or its reconnect grace, and
+    /// finishes ends that a dead claimer left half-done. Bounded batches; each session is
+    /// claimed atomically, so two janitors never end the same one.
+    pub async fn janitor_pass(&self) -> Result<JanitorReport, StoreError> {
+        let now = now_ms();
+        let st = &self.inner.settings;
+        let cutoffs = Cutoffs {
+            idle_before_ms: now - st.idle_ttl.as_millis() as i64,
+            detached_before_ms: now - st.reconnect_grace.as_millis() as i64,
+            claimed_before_ms: now - super::STALE_CLAIM_MS,
+        };
+        let mut report = JanitorReport::default();
+        for sweep in [Sweep::Idle, Sweep::Detached, Sweep::StaleClaim] {
+            let mut offset = 0;
+            loop {
+                let ids = self
+                    .inner
+                    .store
+                    .candidates(sweep, &cutoffs, offset, st.janitor_batch)
+                    .await?;
+                if ids.is_empty() {
+                    break;
+                }
+                report.examined += ids.len();
+                let claimed = self
+                    .inner
+                    .store
+                    .claim_expired(&ids, &cutoffs, &self.inner.instance, now)
+                    .await?;
+                offset += ids.len() - claimed.len();
+                report.ended += claimed.len();
+                join_all(claimed.into_iter().map(|s| {
+                    let reason = match sweep {
+                        Sweep::StaleClaim => EndReason::Abandoned,
+                        _ if s.detached_at_ms > 0
+                            && s.detached_at_ms <= cutoffs.detached_before_ms =>
+                        {
+                            EndReason::Disconnected
+                        }
+                        _ => EndReason::Idle,
+                    };
+                    self.finish(s, reason)
+                }))
+                .await;
+                if ids.len() < st.janitor_batch {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn janitor_loop(&self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.settings.janitor_interval) => {}
+            }
+            match self.janitor_pass().await {
+                Ok(report) if report.ended > 0 => {
+                    tracing::info!(
+                        ended = report.ended,
+                        examined = report.examined,
+                        "janitor pass"
+                    )
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "janitor pass failed; next pass retries"),
+            }
+            self.catch_up().await;
+        }
+    }
+
+    /// Writes again any session of this instance that the store lost (a Redis restart
+    /// without persistence), and forgets sessions another instance took over.
+    pub async fn catch_up(&self) {
+        let mine: Vec<Session> = self.local().values().map(|l| l.session.clone()).collect();
+        for s in mine {
+            match self.inner.store.get(&s.id).await {
+                Ok(None) => {
+                    if let Err(error) = self.inner.store.put(&s).await {
+                        tracing::debug!(session_id = %s.id, %error, "catch-up write failed");
+                    } else {
+                        tracing::info!(session_id = %s.id, "session written again after the store lost it");
+                    }
+                }
+                Ok(Some(stored)) if stored.owner != self.inner.instance => {
+                    self.local().remove(&s.id);
+                }
+                Ok(Some(stored))
+                    if stored.state == SessionState::Active
+                        && s.state == SessionState::Detached =>
+                {
+                    let _ = self.inner.store.detach(&s.id, s.detached_at_ms).await;
+                }
+                Ok(Some(_)) => {}
+                Err(_) => return, // the store is down; try next time
+            }
+        }
+    }
+
+    async fn beat(&self) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .heartbeat(&self.inner.instance, self.inner.settings.heartbeat_ttl)
+            .await
+    }
+
+    async fn heartbeat_loop(&self) {
+        let every = self.inner.settings.heartbeat_ttl / 3;
+        loop {
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(error) = self.beat().await {
+                tracing::warn!(%error, "heartbeat failed");
+            }
+        }
+    }
+
+    /// Ends sessions whose sandbox died.
+    async fn watch_pool(&self) {
+        let mut events = self.inner.pool.subscribe();
+        loop {
+            let event = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                event = events.recv() => event,
+            };
+            let container_id = match event {
+                Ok(crate::pool::PoolEvent::LeaseLost { container_id }) => container_id,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            let id = self
+                .local()
+                .iter()
+                .find(|(_, l)| l.session.container_id == container_id)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = id
+                && let Err(error) = self.end(&id, EndReason::SandboxLost).await
+            {
+                tracing::warn!(session_id = %id, %error, "ending a session whose sandbox died failed");
+            }
+        }
+    }
+
+    /// Stops the loops and ends every session of this instance (their sockets hear
+    /// `shutdown`), then withdraws the heartbeat. The pool is shut down after this.
+    pub async fn shutdown(&self, within: Duration) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        let ids: Vec<String> = self.local().keys().cloned().collect();
+        let ends = join_all(ids.iter().map(|id| self.end(id, EndReason::Shutdown)));
+        if tokio::time::timeout(within, ends).await.is_err() {
+            tracing::warn!("ending sessions at shutdown timed out");
+        }
+        let _ = tokio::time::timeout(within, self.inner.tasks.wait()).await;
+        if let Err(error) = self
+            .inner
+            .store
+            .remove_heartbeat(&self.inner.instance)
+            .await
+        {
+            tracing::debug!(%error, "withdrawing the heartbeat failed; it expires by itself");
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The in-process session store: the default when no Redis URL is set. Same semantics as the
+//! Redis store (one mutex makes every operation atomic), but nothing survives a restart and
+//! nothing is shared between replicas.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::model::{Session, SessionState};
+use super::store::{Cutoffs, SessionStore, StoreError, Sweep};
+
+#[derive(Default)]
+struct Mem {
+    sessions: HashMap<String, Session>,
+    by_active: BTreeSet<(i64, String)>,
+    detached: BTreeSet<(i64, String)>,
+    ending: BTreeSet<(i64, String)>,
+    owners: HashMap<String, HashSet<String>>,
+    heartbeats: HashMap<String, Instant>,
+}
+
+impl Mem {
+    fn unindex(&mut self, s: &Session) {
+        self.by_active.remove(&(s.last_active_ms, s.id.clone()));
+        self.detached.remove(&(s.detached_at_ms, s.id.clone()));
+        self.ending.remove(&(s.claimed_at_ms, s.id.clone()));
+        if let Some(set) = self.owners.get_mut(&s.owner) {
+            set.remove(&s.id);
+        }
+    }
+
+    fn index(&mut self, s: &Session) {
+        self.by_active.insert((s.last_active_ms, s.id.clone()));
+        match s.state {
+            SessionState::Detached => {
+                self.detached.insert((s.detached_at_ms, s.id.clone()));
+            }
+            SessionState::Ending => {
+                self.ending.insert((s.claimed_at_ms, s.id.clone()));
+            }
+            SessionState::Active => {}
+        }
+        self.owners
+            .entry(s.owner.clone())
+            .or_default()
+            .insert(s.id.clone());
+    }
+
+    /// Replaces a session and its index entries.
+    fn replace(&mut self, s: Session) {
+        if let Some(old) = self.sessions.remove(&s.id) {
+            self.unindex(&old);
+        }
+        self.index(&s);
+        self.sessions.insert(s.id.clone(), s);
+    }
+
+    fn alive(&self, instance: &str) -> bool {
+        self.heartbeats
+            .get(instance)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+}
+
+/// Sessions in this process's memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    mem: Mutex<Mem>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {
+        // Each operation leaves `Mem` consistent before it can panic, so a poisoned lock is
+        // still usable.
+        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` to a copy of the session and writes it back with its index entries.
+    fn update(&self, id: &str, f: impl FnOnce(&mut Session) -> bool) -> bool {
+        let mut mem = self.lock();
+        let Some(mut s) = mem.sessions.get(id).cloned() else {
+            return false;
+        };
+        if !f(&mut s) {
+            return false;
+        }
+        mem.replace(s);
+        true
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn put(&self, session: &Session) -> Result<(), StoreError> {
+        self.lock().replace(session.clone());
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        Ok(self.lock().sessions.get(id).cloned())
+    }
+
+    async fn touch(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        Ok(self.update(id, |s| {
+            if s.state == SessionState::Ending {
+                return false;
+            }
+            s.last_active_ms = s.last_active_ms.max(now_ms);
+            true
+        }))
+    }
+
+    async fn detach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        Ok(self.update(id, |s| {
+            if s.state != SessionState::Active {
+                return false;
+            }
+            s.state = SessionState::Detached;
+            s.detached_at_ms = now_ms;
+            true
+        }))
+    }
+
+    async fn reattach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        Ok(self.update(id, |s| {
+            if s.state == SessionState::Ending {
+                return false;
+            }
+            s.state = SessionState::Active;
+            s.detached_at_ms = 0;
+            s.last_active_ms = s.last_active_ms.max(now_ms);
+            true
+        }))
+    }
+
+    async fn candidates(
+        &self,
+        sweep: Sweep,
+        cutoffs: &Cutoffs,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mem = self.lock();
+        let (index, cutoff) = match sweep {
+            Sweep::Idle => (&mem.by_active, cutoffs.idle_before_ms),
+            Sweep::Detached => (&mem.detached, cutoffs.detached_before_ms),
+            Sweep::StaleClaim => (&mem.ending, cutoffs.claimed_before_ms),
+        };
+        Ok(index
+            .iter()
+            .take_while(|(score, _)| *score <= cutoff)
+            .skip(offset)
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect())
+    }
+
+    async fn claim_expired(
+        &self,
+        ids: &[String],
+        cutoffs: &Cutoffs,
+        claimer: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Session>, StoreError> {
+        let mut mem = self.lock();
+        let mut claimed = Vec::new();
+        for id in ids {
+            let Some(s) = mem.sessions.get(id).cloned() else {
+                continue;
+            };
+            let eligible = match s.state {
+                SessionState::Ending => s.claimed_at_ms <= cutoffs.claimed_before_ms,
+                SessionState::Detached => {
+                    s.last_active_ms <= cutoffs.idle_before_ms
+                        || s.detached_at_ms <= cutoffs.detached_before_ms
+                }
+                SessionState::Active => s.last_active_ms <= cutoffs.idle_before_ms,
+            };
+            if eligible && (s.owner == claimer || !mem.alive(&s.owner)) {
+                let mut s = s;
+                s.state = SessionState::Ending;
+                s.claimed_by = claimer.to_string();
+                s.claimed_at_ms = now_ms;
+                mem.replace(s.clone());
+                claimed.push(s);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn claim(
+        &self,
+        id: &str,
+        claimer: &str,
+        now_ms: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let mut mem = self.lock();
+        let Some(mut s) = mem.sessions.get(id).cloned() else {
+            return Ok(None);
+        };
+        if s.state == SessionState::Ending && s.claimed_at_ms > now_ms - super::STALE_CLAIM_MS {
+            return Ok(None);
+        }
+        if s.owner != claimer && mem.alive(&s.owner) {
+            return Ok(None);
+        }
+        s.state = SessionState::Ending;
+        s.claimed_by = claimer.to_string();
+        s.claimed_at_ms = now_ms;
+        mem.replace(s.clone());
+        Ok(Some(s))
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let mut mem = self.lock();
+        if let Some(s) = mem.sessions.remove(id) {
+            mem.unindex(&s);
+        }
+        Ok(())
+    }
+
+    async fn owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        let mem = self.lock();
+        let mut ids: Vec<String> = mem
+            .owners
+            .get(owner)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn transfer(&self, id: &str, from: &str, to: &str) -> Result<bool, StoreError> {
+        Ok(self.update(id, |s| {
+            if s.owner != from || s.state == SessionState::Ending {
+                return false;
+            }
+            s.owner = to.to_string();
+            true
+        }))
+    }
+
+    async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.lock()
+            .heartbeats
+            .insert(instance.to_string(), Instant::now() + ttl);
+        Ok(())
+    }
+
+    async fn is_alive(&self, instance: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().alive(instance))
+    }
+
+    async fn remove_heartbeat(&self, instance: &str) -> Result<(), StoreError> {
+        self.lock().heartbeats.remove(instance);
+        Ok(())
+    }
+
+    async fn count(&self) -> Result<usize, StoreError> {
+        Ok(self.lock().sessions.len())
+    }
+}

@@ -1,0 +1,24 @@
+//! Sessions: each one owns one sandbox from the pool. State lives in a [`SessionStore`]
+//! (Redis, shared by replicas and surviving restarts; or in process), and the
+//! [`SessionManager`] ties it to the pool: open, resume, touch, detach, end, the expiry
+//! janitor, the instance heartbeat and the take-over of sessions whose owner died.
+//!
+//! This module knows nothing of sockets: it reports ends through [`SessionHooks`].
+
+mod manager;
+mod memory_store;
+mod model;
+mod redis_store;
+mod store;
+
+pub use manager::{
+    EndReason, JanitorReport, Opened, SessionError, SessionHooks, SessionManager, SessionSettings,
+};
+pub use memory_store::MemoryStore;
+pub use model::{Session, SessionState, hash_token, new_resume_token, now_ms, token_matches};
+pub use redis_store::RedisStore;
+pub use store::{Cutoffs, SessionStore, StoreError, Sweep};
+
+/// A claim older than this belongs to a claimer that died before it finished; the session
+/// may be claimed again (ms).
+pub const STALE_CLAIM_MS: i64 = 60_000;

@@ -1,0 +1,119 @@
+//! The session record and resume tokens.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// A socket is connected (or was, and its instance has not noticed the drop yet).
+    Active,
+    /// The socket dropped; the session and its sandbox wait `reconnect grace` for a resume.
+    Detached,
+    /// Claimed by a janitor or an explicit end; its sandbox is being released.
+    Ending,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Active => "active",
+            SessionState::Detached => "detached",
+            SessionState::Ending => "ending",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(SessionState::Active),
+            "detached" => Some(SessionState::Detached),
+            "ending" => Some(SessionState::Ending),
+            _ => None,
+        }
+    }
+}
+
+/// One session: a client and the sandbox it owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    /// Instance id of the replica that holds the sandbox's lease.
+    pub owner: String,
+    pub container_id: String,
+    /// SHA-256 (hex) of the resume token; the token itself is never stored.
+    pub token_hash: String,
+    pub created_ms: i64,
+    pub last_active_ms: i64,
+    pub state: SessionState,
+    /// When the socket dropped (state `detached`), else 0.
+    pub detached_at_ms: i64,
+    /// Who claimed it and when (state `ending`), else empty and 0.
+    pub claimed_by: String,
+    pub claimed_at_ms: i64,
+}
+
+impl Session {
+    /// A new active session.
+    pub fn new(owner: &str, container_id: &str, token_hash: String, now_ms: i64) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            owner: owner.to_string(),
+            container_id: container_id.to_string(),
+            token_hash,
+            created_ms: now_ms,
+            last_active_ms: now_ms,
+            state: SessionState::Active,
+            detached_at_ms: 0,
+            claimed_by: String::new(),
+            claimed_at_ms: 0,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A fresh resume token: 256 random bits, hex. Returns the token and its hash.
+pub fn new_resume_token() -> Result<(String, String), getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    let token = hex::encode(bytes);
+    let hash = hash_token(&token);
+    Ok((token, hash))
+}
+
+/// SHA-256 of a token, hex.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Whether `token` hashes to `stored_hash`, compared in constant time.
+pub fn token_matches(token: &str, stored_hash: &str) -> bool {
+    let candidate = hash_token(token);
+    candidate.as_bytes().ct_eq(stored_hash.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_verify_by_hash() {
+        let (t1, h1) = new_resume_token().unwrap();
+        let (t2, _) = new_resume_token().unwrap();
+        assert_ne!(t1, t2);
+        assert_eq!(t1.len(), 64, "256 bits in hex");
+        assert!(token_matches(&t1, &h1));
+        assert!(!token_matches(&t2, &h1));
+        assert!(!token_matches("", &h1));
+        assert_ne!(t1, h1, "the hash is not the token");
+    }
+}

@@ -1,0 +1,492 @@
+//! The Redis session store.
+//!
+//! Keys (all under the configured prefix `P`, default `sandpool:`):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P session:<id>` | hash | `id`, `owner`, `container`, `token_hash`, `created_ms`, `last_active_ms`, `state`, `detached_at_ms`, `claimed_by`, `claimed_at_ms` |
+//! | `P idx:active` | sorted set | every session, scored by last-active time (ms) |
+//! | `P idx:detached` | sorted set | detached sessions, scored by when the socket dropped |
+//! | `P idx:ending` | sorted set | ending sessions, scored by claim time |
+//! | `P owner:<instance>` | set | ids of the sessions an instance holds |
+//! | `P heartbeat:<instance>` | string with a TTL | present while the instance is alive |
+//!
+//! Every write that touches several keys is one Lua script, so Redis applies it whole or not
+//! at all: a writer killed mid-way cannot leave a hash without its index entries. The scripts
+//! name some keys they build from the prefix, so this store is for a single Redis node (or a
+//! primary with replicas), not Redis Cluster. No `KEYS` command is ever sent; listing uses
+//! `SSCAN` and the expiry query is `ZRANGEBYSCORE … LIMIT`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::model::{Session, SessionState};
+use super::store::{Cutoffs, SessionStore, StoreError, Sweep};
+
+const PUT: &str = r#"
+local old = redis.call('HGET', KEYS[1], 'owner')
+if old and old ~= ARGV[2] then redis.call('SREM', ARGV[11] .. old, ARGV[1]) end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'owner', ARGV[2], 'container', ARGV[3],
+  'token_hash', ARGV[4], 'created_ms', ARGV[5], 'last_active_ms', ARGV[6], 'state', ARGV[7],
+  'detached_at_ms', ARGV[8], 'claimed_by', ARGV[9], 'claimed_at_ms', ARGV[10])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+if ARGV[7] == 'detached' then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1]) else redis.call('ZREM', KEYS[3], ARGV[1]) end
+if ARGV[7] == 'ending' then redis.call('ZADD', KEYS[4], ARGV[10], ARGV[1]) else redis.call('ZREM', KEYS[4], ARGV[1]) end
+redis.call('SADD', ARGV[11] .. ARGV[2], ARGV[1])
+return 1
+"#;
+
+const TOUCH: &str = r#"
+local st = redis.call('HGET', KEYS[1], 'state')
+if (not st) or st == 'ending' then return 0 end
+local la = tonumber(redis.call('HGET', KEYS[1], 'last_active_ms')) or 0
+if tonumber(ARGV[1]) > la then
+  redis.call('HSET', KEYS[1], 'last_active_ms', ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+end
+return 1
+"#;
+
+const DETACH: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'detached', 'detached_at_ms', ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"#;
+
+const REATTACH: &str = r#"
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'detached' and st ~= 'active' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'active', 'detached_at_ms', '0')
+redis.call('ZREM', KEYS[3], ARGV[2])
+local la = tonumber(redis.call('HGET', KEYS[1], 'last_active_ms')) or 0
+if tonumber(ARGV[1]) > la then
+  redis.call('HSET', KEYS[1], 'last_active_ms', ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+end
+return 1
+"#;
+
+/// KEYS: idx:detached, idx:ending. ARGV: session prefix, heartbeat prefix, idle cutoff,
+/// detached cutoff, claimed cutoff, claimer, now, mode ('expired' or 'any'), ids...
+const CLAIM: &str = r#"
+local out = {}
+local idle, detached, claimed = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+for i = 9, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. id
+  if redis.call('EXISTS', key) == 1 then
+    local f = redis.call('HMGET', key, 'state', 'last_active_ms', 'detached_at_ms', 'claimed_at_ms', 'owner')
+    local state, la, da, ca, owner = f[1], tonumber(f[2]) or 0, tonumber(f[3]) or 0, tonumber(f[4]) or 0, f[5] or ''
+    local eligible
+    if state == 'ending' then
+      eligible = ca <= claimed
+    elseif ARGV[8] == 'any' then
+      eligible = true
+    else
+      eligible = la <= idle or (state == 'detached' and da <= detached)
+    end
+    if eligible and (owner == ARGV[6] or redis.call('EXISTS', ARGV[2] .. owner) == 0) then
+      redis.call('HSET', key, 'state', 'ending', 'claimed_by', ARGV[6], 'claimed_at_ms', ARGV[7])
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZADD', KEYS[2], ARGV[7], id)
+      table.insert(out, redis.call('HGETALL', key))
+    end
+  end
+end
+return out
+"#;
+
+const DELETE: &str = r#"
+local owner = redis.call('HGET', KEYS[1], 'owner')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if owner then redis.call('SREM', ARGV[2] .. owner, ARGV[1]) end
+return 1
+"#;
+
+const TRANSFER: &str = r#"
+local f = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if f[1] ~= ARGV[1] or (not f[2]) or f[2] == 'ending' then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+redis.call('SREM', ARGV[4] .. ARGV[1], ARGV[3])
+redis.call('SADD', ARGV[4] .. ARGV[2], ARGV[3])
+return 1
+"#;
+
+struct Scripts {
+    put: Script,
+    touch: Script,
+    detach: Script,
+    reattach: Script,
+    claim: Script,
+    delete: Script,
+    transfer: Script,
+}
+
+/// Sessions in Redis, over one multiplexed connection that reconnects by itself.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    scripts: Scripts,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port[/db]`). Fails when Redis does not answer within
+    /// a few seconds; once connected, lost connections are re-established in the background.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable(format!("no answer from {url}")))?
+        .map_err(unavailable)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+            scripts: Scripts {
+                put: Script::new(PUT),
+                touch: Script::new(TOUCH),
+                detach: Script::new(DETACH),
+                reattach: Script::new(REATTACH),
+                claim: Script::new(CLAIM),
+                delete: Script::new(DELETE),
+                transfer: Script::new(TRANSFER),
+            },
+        })
+    }
+
+    fn session_key(&self, id: &str) -> String {
+        format!("{}session:{id}", self.prefix)
+    }
+    fn idx(&self, name: &str) -> String {
+        format!("{}idx:{name}", self.prefix)
+    }
+    fn owner_prefix(&self) -> String {
+        format!("{}owner:", self.prefix)
+    }
+    fn heartbeat_key(&self, instance: &str) -> String {
+        format!("{}heartbeat:{instance}", self.prefix)
+    }
+
+    async fn claim_script(
+        &self,
+        ids: &[String],
+        cutoffs: &Cutoffs,
+        claimer: &str,
+        now_ms: i64,
+        mode: &str,
+    ) -> Result<Vec<Session>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .key(self.idx("detached"))
+            .key(self.idx("ending"))
+            .arg(format!("{}session:", self.prefix))
+            .arg(format!("{}heartbeat:", self.prefix))
+            .arg(cutoffs.idle_before_ms)
+            .arg(cutoffs.detached_before_ms)
+            .arg(cutoffs.claimed_before_ms)
+            .arg(claimer)
+            .arg(now_ms)
+            .arg(mode);
+        for id in ids {
+            invocation.arg(id);
+        }
+        let rows: Vec<HashMap<String, String>> = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        rows.into_iter().map(session_from_fields).collect()
+    }
+}
+
+fn session_from_fields(mut f: HashMap<String, String>) -> Result<Session, StoreError> {
+    let id = f.remove("id").unwrap_or_default();
+    let num = |f: &HashMap<String, String>, k: &str| -> Result<i64, StoreError> {
+        f.get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt {
+                id: id.clone(),
+                what: format!("field {k}"),
+            })
+    };
+    let state = f
+        .get("state")
+        .and_then(|s| SessionState::parse(s))
+        .ok_or_else(|| StoreError::Corrupt {
+            id: id.clone(),
+            what: "field state".into(),
+        })?;
+    Ok(Session {
+        created_ms: num(&f, "created_ms")?,
+        last_active_ms: num(&f, "last_active_ms")?,
+        detached_at_ms: num(&f, "detached_at_ms")?,
+        claimed_at_ms: num(&f, "claimed_at_ms")?,
+        owner: f.remove("owner").unwrap_or_default(),
+        container_id: f.remove("container").unwrap_or_default(),
+        token_hash: f.remove("token_hash").unwrap_or_default(),
+        claimed_by: f.remove("claimed_by").unwrap_or_default(),
+        state,
+        id,
+    })
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn put(&self, s: &Session) -> Result<(), StoreError> {
+        let _: i64 = self
+            .scripts
+            .put
+            .key(self.session_key(&s.id))
+            .key(self.idx("active"))
+            .key(self.idx("detached"))
+            .key(self.idx("ending"))
+            .arg(&s.id)
+            .arg(&s.owner)
+            .arg(&s.container_id)
+            .arg(&s.token_hash)
+            .arg(s.created_ms)
+            .arg(s.last_active_ms)
+            .arg(s.state.as_str())
+            .arg(s.detached_at_ms)
+            .arg(&s.claimed_by)
+            .arg(s.claimed_at_ms)
+            .arg(self.owner_prefix())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let fields: HashMap<String, String> = self
+            .conn
+            .clone()
+            .hgetall(self.session_key(id))
+            .await
+            .map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        session_from_fields(fields).map(Some)
+    }
+
+    async fn touch(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .scripts
+            .touch
+            .key(self.session_key(id))
+            .key(self.idx("active"))
+            .arg(now_ms)
+            .arg(id)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn detach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .scripts
+            .detach
+            .key(self.session_key(id))
+            .key(self.idx("detached"))
+            .arg(now_ms)
+            .arg(id)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn reattach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .scripts
+            .reattach
+            .key(self.session_key(id))
+            .key(self.idx("active"))
+            .key(self.idx("detached"))
+            .arg(now_ms)
+            .arg(id)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn candidates(
+        &self,
+        sweep: Sweep,
+        cutoffs: &Cutoffs,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let (index, cutoff) = match sweep {
+            Sweep::Idle => (self.idx("active"), cutoffs.idle_before_ms),
+            Sweep::Detached => (self.idx("detached"), cutoffs.detached_before_ms),
+            Sweep::StaleClaim => (self.idx("ending"), cutoffs.claimed_before_ms),
+        };
+        self.conn
+            .clone()
+            .zrangebyscore_limit(index, "-inf", cutoff, offset as isize, limit as isize)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn claim_expired(
+        &self,
+        ids: &[String],
+        cutoffs: &Cutoffs,
+        claimer: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Session>, StoreError> {
+        self.claim_script(ids, cutoffs, claimer, now_ms, "expired")
+            .await
+    }
+
+    async fn claim(
+        &self,
+        id: &str,
+        claimer: &str,
+        now_ms: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let cutoffs = Cutoffs {
+            idle_before_ms: i64::MIN,
+            detached_before_ms: i64::MIN,
+            claimed_before_ms: now_ms - super::STALE_CLAIM_MS,
+        };
+        let mut claimed = self
+            .claim_script(&[id.to_string()], &cutoffs, claimer, now_ms, "any")
+            .await?;
+        Ok(claimed.pop())
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .scripts
+            .delete
+            .key(self.session_key(id))
+            .key(self.idx("active"))
+            .key(self.idx("detached"))
+            .key(self.idx("ending"))
+            .arg(id)
+            .arg(self.owner_prefix())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        let key = format!("{}{owner}", self.owner_prefix());
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut ids = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(200)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            ids.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn transfer(&self, id: &str, from: &str, to: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .scripts
+            .transfer
+            .key(self.session_key(id))
+            .arg(from)
+            .arg(to)
+            .arg(id)
+            .arg(self.owner_prefix())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(
+                self.heartbeat_key(instance),
+                super::model::now_ms(),
+                ttl.as_millis() as u64,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn is_alive(&self, instance: &str) -> Result<bool, StoreError> {
+        self.conn
+            .clone()
+            .exists(self.heartbeat_key(instance))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn remove_heartbeat(&self, instance: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .conn
+            .clone()
+            .del(self.heartbeat_key(instance))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn count(&self) -> Result<usize, StoreError> {
+        self.conn
+            .clone()
+            .zcard(self.idx("active"))
+            .await
+            .map_err(unavailable)
+    }
+}

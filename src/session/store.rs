@@ -1,0 +1,120 @@
+//! The `SessionStore` trait: what the session layer needs from its storage, with the same
+//! semantics in Redis (`redis_store.rs`) and in process (`memory_store.rs`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::model::Session;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached (Redis down, connection lost); worth retrying later.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// A record could not be read back (a field missing or malformed).
+    #[error("session store holds a malformed record for {id}: {what}")]
+    Corrupt { id: String, what: String },
+}
+
+/// Which sessions a janitor may end now.
+#[derive(Debug, Clone, Copy)]
+pub struct Cutoffs {
+    /// Sessions last active at or before this (ms since the epoch) have expired.
+    pub idle_before_ms: i64,
+    /// Detached sessions whose socket dropped at or before this have passed their grace.
+    pub detached_before_ms: i64,
+    /// `ending` sessions claimed at or before this were claimed by someone who died mid-way;
+    /// they may be claimed again.
+    pub claimed_before_ms: i64,
+}
+
+/// The three sweeps of a janitor pass, each over its own index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// By last-active time.
+    Idle,
+    /// By the time the socket dropped.
+    Detached,
+    /// By claim time, for claims whose claimer died.
+    StaleClaim,
+}
+
+/// Session storage. Every write that touches several keys is atomic: no crash leaves a
+/// session without its index entries or the reverse.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// A short name for logs and `/api/pool`: `redis` or `memory`.
+    fn kind(&self) -> &'static str;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Writes a new session (or rewrites one, when catching up after a store lost its data)
+    /// with its index entries.
+    async fn put(&self, session: &Session) -> Result<(), StoreError>;
+
+    async fn get(&self, id: &str) -> Result<Option<Session>, StoreError>;
+
+    /// Moves last-active forward (never back) of a session that is not ending. `false` when
+    /// the session is gone or ending.
+    async fn touch(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Marks an active session detached at `now_ms` (its socket dropped).
+    async fn detach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Marks a detached session active again (resumed) and touches it.
+    async fn reattach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Up to `limit` ids from one sweep's index whose score is at or before its cutoff,
+    /// skipping the first `offset` (candidates a pass could not claim stay in the index).
+    async fn candidates(
+        &self,
+        sweep: Sweep,
+        cutoffs: &Cutoffs,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Claims, atomically and each at most once, those of `ids` that are still past a
+    /// cutoff (last-active is checked again: a session touched since the query survives) and
+    /// whose owner is `claimer` or no longer heartbeating. Claimed sessions are `ending`.
+    async fn claim_expired(
+        &self,
+        ids: &[String],
+        cutoffs: &Cutoffs,
+        claimer: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Session>, StoreError>;
+
+    /// Claims one session to end it now, whatever its times (an explicit end, or the owner
+    /// ending it). `None` when it is gone or someone else already claimed it.
+    async fn claim(
+        &self,
+        id: &str,
+        claimer: &str,
+        now_ms: i64,
+    ) -> Result<Option<Session>, StoreError>;
+
+    /// Deletes a session and its index entries.
+    async fn delete(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Ids of the sessions `owner` holds.
+    async fn owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Moves a session from owner `from` to `to` if `from` still owns it and it is not ending.
+    async fn transfer(&self, id: &str, from: &str, to: &str) -> Result<bool, StoreError>;
+
+    /// Says that `instance` is alive for `ttl`.
+    async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Whether `instance` has heartbeated within its ttl.
+    async fn is_alive(&self, instance: &str) -> Result<bool, StoreError>;
+
+    /// Withdraws `instance`'s heartbeat (it is shutting down).
+    async fn remove_heartbeat(&self, instance: &str) -> Result<(), StoreError>;
+
+    /// Counts: (sessions, by state) for status pages; may scan, so not for hot paths.
+    async fn count(&self) -> Result<usize, StoreError>;
+}
