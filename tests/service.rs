@@ -186,3 +186,57 @@ async fn malformed_setting_stops_startup_naming_the_variable() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("SANDPOOL_POOL_MIN_IDLE"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_with_redis_and_survives_a_redis_restart() {
+    let mut redis = RedisServer::start().await;
+    let instance = unique_instance("svc-redis");
+    let _cleanup = Cleanup::new(&instance);
+    let url = redis.url();
+    let service = spawn_service(&instance, &[("SANDPOOL_REDIS_URL", url.as_str())]).await;
+    let (_, body) = http_get(service.addr, "/api/pool").await;
+    let pool = json_body(&body);
+    assert_eq!(pool["sessions"]["store"], "redis", "{pool}");
+    let heartbeat = redis.cli(&["EXISTS", &format!("sandpool:heartbeat:{instance}")]);
+    assert_eq!(heartbeat, "1", "the instance heartbeats");
+
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        http_get(service.addr, "/healthz").await.0,
+        200,
+        "keeps serving without redis"
+    );
+    assert_eq!(http_get(service.addr, "/api/pool").await.0, 200);
+    redis.restart().await;
+    within(30, "heartbeat written again", async {
+        while redis.cli(&["EXISTS", &format!("sandpool:heartbeat:{instance}")]) != "1" {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+
+    let status = sigterm_and_wait(service);
+    assert!(status.success());
+    assert_eq!(
+        redis.cli(&["EXISTS", &format!("sandpool:heartbeat:{instance}")]),
+        "0",
+        "heartbeat withdrawn"
+    );
+    assert!(labeled_containers(&instance).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_stops_startup_with_a_clear_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sandpool"))
+        .arg("serve")
+        .env("SANDPOOL_INSTANCE_ID", unique_instance("noredis"))
+        .env("SANDPOOL_LISTEN", "127.0.0.1:0")
+        .env("SANDPOOL_POOL_MIN_IDLE", "0")
+        .env("SANDPOOL_REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SANDPOOL_REDIS_URL"), "{stderr}");
+}

@@ -568,6 +568,16 @@ impl SessionManager {
         }
     }
 
+    /// Stops the loops without ending anything or withdrawing the heartbeat, as a crash
+    /// would: the sessions stay in the store for a restart (or another instance, once the
+    /// heartbeat lapses) to take back.
+    pub async fn abandon(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.local().clear();
+    }
+
     /// Stops the loops and ends every session of this instance (their sockets hear
     /// `shutdown`), then withdraws the heartbeat. The pool is shut down after this.
     pub async fn shutdown(&self, within: Duration) {
