@@ -635,6 +635,13 @@ async fn a_stopped_instances_session_is_taken_over_with_its_container() {
         taken.container_id, opened.lease.container_id,
         "adopted, not recreated"
     );
+    // Let b's reconcile loop run a few times: the adopted container, labeled for a, must
+    // not be mistaken for a dead one of b's.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(
+        b.pool().is_leased(&taken.container_id),
+        "still leased after reconciles"
+    );
     let out = sh(b.pool(), &taken.container_id, "cat /workspace/note").await;
     assert_eq!(text(&out.stdout).trim(), "from-a");
     assert_eq!(

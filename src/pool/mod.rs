@@ -903,14 +903,36 @@ impl ContainerPool {
     pub async fn reconcile_once(&self) {
         // Only containers the pool knew before asking Docker can be judged by its answer: one
         // created while the list was on its way is simply not in it yet.
-        let known_before: HashSet<String> = {
+        // Foreign (adopted) containers carry another instance's label: they are not in this
+        // instance's list, so each is inspected instead.
+        let (known_before, foreign): (HashSet<String>, Vec<String>) = {
             let s = self.state();
-            s.idle
+            let known = s
+                .idle
                 .iter()
                 .map(|sb| sb.id.clone())
-                .chain(s.leased.keys().cloned())
-                .collect()
+                .chain(
+                    s.leased
+                        .values()
+                        .filter(|sb| !sb.foreign)
+                        .map(|sb| sb.id.clone()),
+                )
+                .collect();
+            let foreign = s
+                .leased
+                .values()
+                .filter(|sb| sb.foreign)
+                .map(|sb| sb.id.clone())
+                .collect();
+            (known, foreign)
         };
+        for id in foreign {
+            if let Ok(found) = self.inner.gate.inspect_sandbox(&id).await
+                && !found.is_some_and(|info| info.running)
+            {
+                self.container_gone(&id, "adopted container stopped");
+            }
+        }
         let listed = match self
             .inner
             .gate
