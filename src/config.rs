@@ -78,6 +78,9 @@ pub struct Config {
     #[command(flatten)]
     pub session: SessionConfig,
 
+    #[command(flatten)]
+    pub api: ApiConfig,
+
     /// How long graceful shutdown may take before the process exits anyway, in seconds.
     /// Default 30.
     #[arg(long, env = "SANDPOOL_SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_env::<u64>("SANDPOOL_SHUTDOWN_TIMEOUT_SECS"))]
@@ -337,6 +340,44 @@ impl SessionConfig {
     }
 }
 
+/// Limits of the Socket.IO session API.
+#[derive(Debug, Clone, Args)]
+pub struct ApiConfig {
+    /// Longest command accepted, in bytes. Default 16384.
+    #[arg(long = "max-command-bytes", env = "SANDPOOL_MAX_COMMAND_BYTES", default_value = "16384", value_parser = parse_positive("SANDPOOL_MAX_COMMAND_BYTES"))]
+    pub max_command_bytes: usize,
+
+    /// Commands running at once for one session; one more gets `too_many_requests`.
+    /// Default 5.
+    #[arg(long = "max-inflight-per-session", env = "SANDPOOL_MAX_INFLIGHT_PER_SESSION", default_value = "5", value_parser = parse_positive("SANDPOOL_MAX_INFLIGHT_PER_SESSION"))]
+    pub max_inflight_per_session: usize,
+
+    /// Timeout of a command that names none, in milliseconds. Default 30000.
+    #[arg(long = "exec-default-timeout-ms", env = "SANDPOOL_EXEC_DEFAULT_TIMEOUT_MS", default_value = "30000", value_parser = parse_positive("SANDPOOL_EXEC_DEFAULT_TIMEOUT_MS"))]
+    pub exec_default_timeout_ms: usize,
+
+    /// Largest `timeoutMs` a command may ask for, in milliseconds. Default 300000.
+    #[arg(long = "exec-max-timeout-ms", env = "SANDPOOL_EXEC_MAX_TIMEOUT_MS", default_value = "300000", value_parser = parse_positive("SANDPOOL_EXEC_MAX_TIMEOUT_MS"))]
+    pub exec_max_timeout_ms: usize,
+
+    /// Output kept and streamed per stream (stdout, stderr) of one command, in bytes; the
+    /// rest is dropped and `truncated` set. Default 1048576.
+    #[arg(long = "exec-output-limit-bytes", env = "SANDPOOL_EXEC_OUTPUT_LIMIT_BYTES", default_value = "1048576", value_parser = parse_positive("SANDPOOL_EXEC_OUTPUT_LIMIT_BYTES"))]
+    pub exec_output_limit_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_command_bytes: 16 * 1024,
+            max_inflight_per_session: 5,
+            exec_default_timeout_ms: 30_000,
+            exec_max_timeout_ms: 300_000,
+            exec_output_limit_bytes: 1 << 20,
+        }
+    }
+}
+
 impl Config {
     /// A configuration with every default, for tests and embedding.
     pub fn with_instance(instance_id: impl Into<String>) -> Self {
@@ -348,6 +389,7 @@ impl Config {
             pool: PoolConfig::default(),
             image: ImageConfig::default(),
             session: SessionConfig::default(),
+            api: ApiConfig::default(),
             shutdown_timeout_secs: 30,
         }
     }

@@ -11,6 +11,7 @@
 //!
 //! Dependencies point one way: `api → session → pool → docker`.
 
+pub mod agent;
 pub mod api;
 pub mod config;
 pub mod docker;
@@ -90,16 +91,50 @@ pub async fn run(
         max = config.pool.max,
         "sandpool serving"
     );
+    let socket_api = api::SocketApi::new(
+        sessions.clone(),
+        Arc::new(agent::ShellAgent),
+        config.api.clone(),
+        metrics.clone(),
+    );
+    let (socket_layer, io) = socket_api.layer();
     let app = api::router(api::AppState {
         pool: pool.clone(),
         sessions: sessions.clone(),
         metrics: Arc::clone(&metrics),
+    })
+    .layer(socket_layer);
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            })
+            .await
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // Run until asked to stop, or until the server fails by itself.
+    let early = tokio::select! {
+        _ = shutdown => None,
+        result = &mut server => Some(result),
+    };
     tracing::info!("shutting down: ending sessions and removing this instance's containers");
+    // Sessions first: their sockets hear `session:expired` (reason `shutdown`) and are
+    // disconnected, so the HTTP server can drain.
     sessions.shutdown(config.shutdown_timeout()).await;
+    io.close().await;
+    let _ = stop_http.send(());
+    let joined = match early {
+        Some(result) => Ok(result),
+        None => tokio::time::timeout(config.shutdown_timeout(), server).await,
+    };
+    let served = match joined {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(std::io::Error::other(join.to_string())),
+        Err(_) => {
+            tracing::warn!("http server did not drain in time");
+            Ok(())
+        }
+    };
     pool.shutdown(config.shutdown_timeout()).await;
     served.map_err(RunError::Http)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -40,6 +40,14 @@ pub struct Metrics {
     acquire_seconds: Family<OutcomeLabel, Histogram>,
     recycle_seconds: Family<OutcomeLabel, Histogram>,
     create_seconds: Family<OutcomeLabel, Histogram>,
+    handout_seconds: Histogram,
+    exec_seconds: Family<OutcomeLabel, Histogram>,
+    api_errors: Family<CodeLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -104,6 +112,26 @@ impl Metrics {
             "Time to create and start a sandbox, by outcome",
             create_seconds.clone(),
         );
+        let handout_seconds = latency_histogram();
+        registry.register(
+            "session_handout_seconds",
+            "Time from a socket connecting to its `session` event",
+            handout_seconds.clone(),
+        );
+        let exec_seconds = Family::<OutcomeLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "exec_seconds",
+            "Commands run for sessions (exec and approved tool calls), by outcome: ok, timeout, error, rejected",
+            exec_seconds.clone(),
+        );
+        let api_errors = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "api_errors",
+            "Errors sent to clients, by code",
+            api_errors.clone(),
+        );
         registry.register_collector(Box::new(GateCounters { gate }));
         Arc::new(Self {
             registry,
@@ -115,7 +143,27 @@ impl Metrics {
             acquire_seconds,
             recycle_seconds,
             create_seconds,
+            handout_seconds,
+            exec_seconds,
+            api_errors,
         })
+    }
+
+    /// A socket got its `session` after `took`.
+    pub fn handout(&self, took: Duration) {
+        self.handout_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A command ended with `outcome` (ok, timeout, error, rejected).
+    pub fn exec_done(&self, outcome: &'static str, took: Duration) {
+        self.exec_seconds
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(took.as_secs_f64());
+    }
+
+    /// An error with `code` was sent to a client.
+    pub fn api_error(&self, code: &'static str) {
+        self.api_errors.get_or_create(&CodeLabel { code }).inc();
     }
 
     /// The Prometheus text exposition, with the snapshot gauges refreshed from `pool`.

@@ -1,7 +1,11 @@
-//! The service's outside: HTTP status routes (and, later, the Socket.IO session API). It
+//! The service's outside: HTTP status routes and the Socket.IO session API. It
 //! turns requests into calls on the pool and maps errors to stable codes; it holds no
 //! container state of its own.
 
+mod error;
 mod http;
+mod socket;
 
+pub use error::{ApiError, ErrorCode};
 pub use http::{AppState, router};
+pub use socket::SocketApi;

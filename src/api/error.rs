@@ -1,0 +1,123 @@
+//! The stable error codes of the Socket.IO API and the mapping from internal errors to them.
+
+use crate::docker::DockerError;
+use crate::pool::PoolError;
+use crate::session::SessionError;
+
+/// The error codes a client can see. Stable: clients branch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    NotFound,
+    TooManyRequests,
+    PoolExhausted,
+    Overloaded,
+    Unavailable,
+    SessionExpired,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::PoolExhausted => "pool_exhausted",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SessionExpired => "session_expired",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Every code, for metrics.
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::BadRequest,
+        ErrorCode::NotFound,
+        ErrorCode::TooManyRequests,
+        ErrorCode::PoolExhausted,
+        ErrorCode::Overloaded,
+        ErrorCode::Unavailable,
+        ErrorCode::SessionExpired,
+        ErrorCode::Internal,
+    ];
+}
+
+/// An error as the client sees it: a code and a human message (never a debug dump).
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+}
+
+impl From<&DockerError> for ApiError {
+    fn from(e: &DockerError) -> Self {
+        match e {
+            DockerError::Overloaded { .. } => Self::new(
+                ErrorCode::Overloaded,
+                "the docker gate is overloaded; retry shortly",
+            ),
+            DockerError::Unavailable => Self::new(
+                ErrorCode::Unavailable,
+                "docker is unavailable (circuit breaker open); retry later",
+            ),
+            other => {
+                tracing::warn!(error = %other, "docker call failed for a client request");
+                Self::new(ErrorCode::Internal, "the sandbox call failed")
+            }
+        }
+    }
+}
+
+impl From<&PoolError> for ApiError {
+    fn from(e: &PoolError) -> Self {
+        match e {
+            PoolError::Exhausted { .. } => Self::new(ErrorCode::PoolExhausted, e.to_string()),
+            PoolError::Closed => Self::new(ErrorCode::Unavailable, "the service is shutting down"),
+            PoolError::NotLeased(_) => {
+                Self::new(ErrorCode::SessionExpired, "the session's sandbox is gone")
+            }
+            PoolError::Create(d) | PoolError::Docker(d) => d.into(),
+        }
+    }
+}
+
+impl From<&SessionError> for ApiError {
+    fn from(e: &SessionError) -> Self {
+        match e {
+            SessionError::Pool(p) => p.into(),
+            SessionError::Store(s) => {
+                tracing::warn!(error = %s, "session store failed for a client request");
+                Self::new(
+                    ErrorCode::Unavailable,
+                    "the session store is unavailable; retry later",
+                )
+            }
+            SessionError::Expired(_) | SessionError::BadToken(_) => Self::new(
+                ErrorCode::SessionExpired,
+                "that session has expired or the resume token is wrong",
+            ),
+            SessionError::Elsewhere { .. } => Self::new(
+                ErrorCode::Unavailable,
+                "that session is held by another replica",
+            ),
+            SessionError::Random(_) => {
+                Self::new(ErrorCode::Internal, "cannot create a resume token")
+            }
+        }
+    }
+}

@@ -1,0 +1,858 @@
+//! The Socket.IO session API (namespace `/`): one session and one sandbox per connection.
+//! The contract is `docs/API.md`; this file implements it. One function per event; each
+//! validates its payload into a typed request, and every refusal is a typed error (in the ack
+//! when the client asked for one, else an `error` event). A bad request never closes the
+//! socket and never holds up the session's other requests (each event runs in its own task).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::handler::FromMessageParts;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::Socket;
+use socketioxide::{SendError, SocketError, SocketIo};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use super::error::{ApiError, ErrorCode};
+use crate::agent::{Agent, ToolProposal};
+use crate::config::ApiConfig;
+use crate::docker::spec::{SANDBOX_HOME, SANDBOX_USER, WORKSPACE};
+use crate::docker::{ExecChunk, ExecSpec, OutputStream};
+use crate::metrics::Metrics;
+use crate::session::{EndReason, Session, SessionError, SessionHooks, SessionManager};
+
+/// Proposed tool calls a session may have waiting for approval at once.
+const MAX_PENDING_PER_SESSION: usize = 100;
+/// Environment variable that marks every process of one command, so that a timed-out
+/// command's whole process tree can be found and killed.
+const CALL_ENV: &str = "SANDPOOL_CALL";
+
+/// Kills every process whose environment carries `SANDPOOL_CALL=$1`, a few rounds to catch
+/// forks racing the kill.
+const KILL_CALL_SCRIPT: &str = r#"
+i=0
+while [ "$i" -lt 10 ]; do
+  found=0
+  for d in /proc/[0-9]*; do
+    if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qx "SANDPOOL_CALL=$1"; then
+      kill -9 "${d#/proc/}" 2>/dev/null && found=1
+    fi
+  done
+  [ "$found" = 0 ] && break
+  i=$((i+1))
+done
+"#;
+
+/// What the socket layer shares.
+pub struct SocketApi {
+    sessions: SessionManager,
+    agent: Arc<dyn Agent>,
+    limits: ApiConfig,
+    metrics: Arc<Metrics>,
+    /// Session id → the socket bound to it on this instance.
+    bound: Mutex<HashMap<String, SocketRef>>,
+    /// How long an event waits for its connection's session to be set up.
+    setup_wait: Duration,
+}
+
+/// One connection's session.
+struct Conn {
+    session_id: String,
+    container_id: String,
+    /// Commands running now (`max_inflight_per_session` permits).
+    inflight: Arc<Semaphore>,
+    /// Proposed tool calls waiting for approval: call id → command.
+    pending: Mutex<HashMap<String, String>>,
+}
+
+#[derive(Clone)]
+enum Slot {
+    Pending,
+    Ready(Arc<Conn>),
+    Failed,
+}
+
+/// The connection's session as it is being set up; events wait on it.
+#[derive(Clone)]
+struct ConnSlot(watch::Receiver<Slot>);
+
+/// The ack of an event, and whether the client asked for one.
+pub struct Reply {
+    ack: AckSender,
+    wanted: bool,
+}
+
+impl FromMessageParts<socketioxide::adapter::LocalAdapter> for Reply {
+    type Error = Infallible;
+    fn from_message_parts(
+        s: &Arc<Socket<socketioxide::adapter::LocalAdapter>>,
+        v: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(Reply {
+            ack: AckSender::from_message_parts(s, v, ack_id)?,
+            wanted: ack_id.is_some(),
+        })
+    }
+}
+
+impl Reply {
+    fn send(self, body: &Value) {
+        if let Err(error) = self.ack.send(body) {
+            tracing::debug!(%error, "sending an ack failed");
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionPayload<'a> {
+    session_id: &'a str,
+    resume_token: &'a str,
+    workspace_id: &'a str,
+    acquire_ms: u64,
+    resumed: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputPayload<'a> {
+    call_id: &'a str,
+    stream: OutputStream,
+    data: String,
+}
+
+/// What a finished command reports.
+struct RunOutcome {
+    status: &'static str,
+    exit_code: Option<i64>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    truncated: bool,
+    duration_ms: u64,
+}
+
+/// A validated `exec` request.
+struct ExecRequest {
+    command: String,
+    timeout: Duration,
+}
+
+impl SocketApi {
+    pub fn new(
+        sessions: SessionManager,
+        agent: Arc<dyn Agent>,
+        limits: ApiConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let setup_wait = Duration::from_millis(sessions.pool().config().acquire_timeout_ms)
+            + Duration::from_secs(10);
+        let api = Arc::new(Self {
+            sessions,
+            agent,
+            limits,
+            metrics,
+            bound: Mutex::new(HashMap::new()),
+            setup_wait,
+        });
+        api.sessions.set_hooks(api.clone());
+        api
+    }
+
+    /// The Socket.IO layer to put on the axum router, and the handle to close it.
+    pub fn layer(self: &Arc<Self>) -> (SocketIoLayer, SocketIo) {
+        let (layer, io) = SocketIo::builder()
+            .with_state(self.clone())
+            // Commands are at most 16 KiB by default; an oversized message still reaches the
+            // handler (and gets `bad_request`) up to this bound.
+            .max_payload(1 << 20)
+            .build_layer();
+        io.ns("/", on_connect);
+        (layer, io)
+    }
+
+    fn bound(&self) -> std::sync::MutexGuard<'_, HashMap<String, SocketRef>> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends an error: in the ack when the client asked for one, else as an `error` event.
+    fn fail(
+        &self,
+        socket: &SocketRef,
+        reply: Option<Reply>,
+        error: ApiError,
+        call_id: Option<&str>,
+    ) {
+        self.metrics.api_error(error.code.as_str());
+        let mut body = json!({"code": error.code.as_str(), "message": error.message});
+        if let Some(id) = call_id {
+            body["callId"] = json!(id);
+        }
+        match reply {
+            Some(reply) if reply.wanted => reply.send(&json!({"ok": false, "error": body})),
+            _ => {
+                if let Err(e) = socket.emit("error", &body) {
+                    tracing::debug!(error = %e, "emitting an error failed");
+                }
+            }
+        }
+    }
+
+    /// Waits for the connection's session to be set up.
+    async fn conn(&self, socket: &SocketRef) -> Result<Arc<Conn>, ApiError> {
+        let Some(ConnSlot(mut rx)) = socket.extensions.get::<ConnSlot>() else {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "connection has no session slot",
+            ));
+        };
+        let waited = tokio::time::timeout(
+            self.setup_wait,
+            rx.wait_for(|s| !matches!(s, Slot::Pending)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(slot)) => match &*slot {
+                Slot::Ready(conn) => Ok(conn.clone()),
+                _ => Err(ApiError::new(
+                    ErrorCode::SessionExpired,
+                    "this connection has no session",
+                )),
+            },
+            _ => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the session is not ready",
+            )),
+        }
+    }
+
+    /// Resumes the session named in `auth`, or opens a new one.
+    async fn establish(
+        &self,
+        socket: &SocketRef,
+        auth: Option<Value>,
+    ) -> Result<(Session, Option<String>, u64, bool), ApiError> {
+        let started = Instant::now();
+        if let Some(auth) = auth.filter(|a| !a.is_null()) {
+            match parse_resume(&auth) {
+                Ok(Some((id, token))) => match self.sessions.resume(&id, &token).await {
+                    Ok(session) => {
+                        return Ok((session, None, started.elapsed().as_millis() as u64, true));
+                    }
+                    Err(e @ (SessionError::Expired(_) | SessionError::BadToken(_))) => {
+                        // Never the old session: say so, then open a new one.
+                        self.fail(socket, None, (&e).into(), None);
+                    }
+                    Err(e) => return Err((&e).into()),
+                },
+                Ok(None) => {}
+                Err(e) => self.fail(socket, None, e, None),
+            }
+        }
+        let opened = self.sessions.open().await.map_err(|e| ApiError::from(&e))?;
+        Ok((
+            opened.session,
+            Some(opened.resume_token),
+            opened.lease.waited.as_millis() as u64,
+            false,
+        ))
+    }
+
+    /// Binds a session to this socket; a socket bound to it before is told and closed.
+    fn bind(&self, session_id: &str, socket: &SocketRef) {
+        let previous = self.bound().insert(session_id.to_string(), socket.clone());
+        if let Some(old) = previous.filter(|old| old.id != socket.id) {
+            let _ = old.emit(
+                "session:expired",
+                &json!({"sessionId": session_id, "reason": "resumed_elsewhere"}),
+            );
+            let _ = old.disconnect();
+        }
+    }
+
+    /// Runs `command` in the session's sandbox, streaming `tool:output`.
+    async fn run(
+        &self,
+        socket: &SocketRef,
+        conn: &Conn,
+        call_id: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<RunOutcome, ApiError> {
+        let started = Instant::now();
+        let (tx, mut rx) = mpsc::channel::<ExecChunk>(16);
+        let forward = {
+            let (socket, call_id) = (socket.clone(), call_id.to_string());
+            tokio::spawn(async move {
+                while let Some(chunk) = rx.recv().await {
+                    let payload = OutputPayload {
+                        call_id: &call_id,
+                        stream: chunk.stream,
+                        data: String::from_utf8_lossy(&chunk.data).into_owned(),
+                    };
+                    if !emit_with_backpressure(&socket, "tool:output", &payload).await {
+                        // The client is gone; keep draining so the command is not blocked.
+                        while rx.recv().await.is_some() {}
+                    }
+                }
+            })
+        };
+        let spec = ExecSpec {
+            cmd: vec!["sh".into(), "-c".into(), command.to_string()],
+            user: SANDBOX_USER.into(),
+            working_dir: Some(WORKSPACE.into()),
+            env: vec![
+                format!("HOME={SANDBOX_HOME}"),
+                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                format!("{CALL_ENV}={call_id}"),
+            ],
+            timeout,
+            output_limit: self.limits.exec_output_limit_bytes,
+        };
+        let result = self
+            .sessions
+            .pool()
+            .exec(&conn.container_id, &spec, Some(&tx))
+            .await;
+        drop(tx);
+        let _ = forward.await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                self.metrics.exec_done("error", started.elapsed());
+                return Err((&e).into());
+            }
+        };
+        if out.timed_out {
+            self.kill_call(&conn.container_id, call_id).await;
+        }
+        let status = if out.timed_out { "timeout" } else { "ok" };
+        self.metrics.exec_done(status, started.elapsed());
+        Ok(RunOutcome {
+            status,
+            exit_code: out.exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            truncated: out.truncated,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Kills the whole process tree of a timed-out command.
+    async fn kill_call(&self, container_id: &str, call_id: &str) {
+        let spec = ExecSpec {
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                KILL_CALL_SCRIPT.into(),
+                "kill-call".into(),
+                call_id.into(),
+            ],
+            user: SANDBOX_USER.into(),
+            working_dir: Some("/".into()),
+            env: vec![],
+            timeout: Duration::from_secs(10),
+            output_limit: 4096,
+        };
+        if let Err(error) = self.sessions.pool().exec(container_id, &spec, None).await {
+            tracing::warn!(%error, call_id, "killing a timed-out command failed");
+        }
+    }
+
+    fn permit(&self, conn: &Conn) -> Result<OwnedSemaphorePermit, ApiError> {
+        conn.inflight.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "at most {} commands may run at once in a session",
+                    self.limits.max_inflight_per_session
+                ),
+            )
+        })
+    }
+}
+
+impl SessionHooks for SocketApi {
+    fn ended(&self, session: &Session, reason: EndReason) {
+        let socket = self.bound().remove(&session.id);
+        if let Some(socket) = socket
+            && reason != EndReason::Ended
+        {
+            let _ = socket.emit(
+                "session:expired",
+                &json!({"sessionId": session.id, "reason": reason.as_str()}),
+            );
+            let _ = socket.disconnect();
+        }
+    }
+}
+
+/// Emits, waiting while the socket's send buffer is full (a slow client slows the command
+/// down instead of growing memory). `false` when the socket is closed.
+async fn emit_with_backpressure<T: Serialize + ?Sized>(
+    socket: &SocketRef,
+    event: &str,
+    data: &T,
+) -> bool {
+    loop {
+        match socket.emit(event, data) {
+            Ok(()) => return true,
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+fn new_call_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn parse_resume(auth: &Value) -> Result<Option<(String, String)>, ApiError> {
+    let Some(obj) = auth.as_object() else {
+        return Err(ApiError::bad_request(
+            "auth must be an object {sessionId, resumeToken}",
+        ));
+    };
+    match (obj.get("sessionId"), obj.get("resumeToken")) {
+        (None, None) => Ok(None),
+        (Some(Value::String(id)), Some(Value::String(token)))
+            if !id.is_empty() && !token.is_empty() =>
+        {
+            Ok(Some((id.clone(), token.clone())))
+        }
+        _ => Err(ApiError::bad_request(
+            "auth.sessionId and auth.resumeToken must both be non-empty strings",
+        )),
+    }
+}
+
+fn parse_exec(
+    data: Result<Value, impl std::fmt::Display>,
+    limits: &ApiConfig,
+) -> Result<ExecRequest, ApiError> {
+    let data = data.map_err(|e| ApiError::bad_request(format!("exec payload is not JSON: {e}")))?;
+    let Some(obj) = data.as_object() else {
+        return Err(ApiError::bad_request(
+            "exec takes an object {command, timeoutMs?}",
+        ));
+    };
+    let command = match obj.get("command") {
+        Some(Value::String(c)) => c,
+        Some(_) => return Err(ApiError::bad_request("command must be a string")),
+        None => return Err(ApiError::bad_request("command is missing")),
+    };
+    let command = check_command(command, limits)?;
+    let timeout_ms = match obj.get("timeoutMs") {
+        None | Some(Value::Null) => limits.exec_default_timeout_ms as u64,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(ms) if ms > 0 && ms <= limits.exec_max_timeout_ms as u64 => ms,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "timeoutMs must be a whole number from 1 to {}",
+                    limits.exec_max_timeout_ms
+                )));
+            }
+        },
+        Some(_) => return Err(ApiError::bad_request("timeoutMs must be a number")),
+    };
+    Ok(ExecRequest {
+        command,
+        timeout: Duration::from_millis(timeout_ms),
+    })
+}
+
+fn check_command(command: &str, limits: &ApiConfig) -> Result<String, ApiError> {
+    if command.trim().is_empty() {
+        return Err(ApiError::bad_request("command is empty"));
+    }
+    if command.len() > limits.max_command_bytes {
+        return Err(ApiError::bad_request(format!(
+            "command is {} bytes; the limit is {}",
+            command.len(),
+            limits.max_command_bytes
+        )));
+    }
+    Ok(command.to_string())
+}
+
+fn parse_message(
+    data: Result<Value, impl std::fmt::Display>,
+    limits: &ApiConfig,
+) -> Result<String, ApiError> {
+    let data =
+        data.map_err(|e| ApiError::bad_request(format!("message payload is not JSON: {e}")))?;
+    let text = match &data {
+        Value::String(s) => s,
+        Value::Object(o) => match o.get("text") {
+            Some(Value::String(s)) => s,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "message takes a string or {text: string}",
+                ));
+            }
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "message takes a string or {text: string}",
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request("message is empty"));
+    }
+    check_command(text, limits)
+}
+
+fn parse_approval(data: Result<Value, impl std::fmt::Display>) -> Result<(String, bool), ApiError> {
+    let data =
+        data.map_err(|e| ApiError::bad_request(format!("approval payload is not JSON: {e}")))?;
+    let obj = data
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("tool:approval takes an object {callId, approved}"))?;
+    let call_id = match obj.get("callId") {
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        _ => return Err(ApiError::bad_request("callId must be a non-empty string")),
+    };
+    let approved = match obj.get("approved") {
+        Some(Value::Bool(b)) => *b,
+        _ => return Err(ApiError::bad_request("approved must be true or false")),
+    };
+    Ok((call_id, approved))
+}
+
+// -------------------------------------------------------------------------------------------
+// Handlers, one per event.
+
+async fn on_connect(
+    socket: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(api): State<Arc<SocketApi>>,
+) {
+    let started = Instant::now();
+    let (tx, rx) = watch::channel(Slot::Pending);
+    socket.extensions.insert(ConnSlot(rx));
+    socket.on("exec", on_exec);
+    socket.on("message", on_message);
+    socket.on("tool:approval", on_approval);
+    socket.on("session:end", on_end);
+    socket.on_fallback(on_unknown);
+    socket.on_disconnect(on_disconnect);
+
+    match api.establish(&socket, auth.ok()).await {
+        Ok((session, token, acquire_ms, resumed)) => {
+            let conn = Arc::new(Conn {
+                session_id: session.id.clone(),
+                container_id: session.container_id.clone(),
+                inflight: Arc::new(Semaphore::new(api.limits.max_inflight_per_session)),
+                pending: Mutex::new(HashMap::new()),
+            });
+            api.bind(&session.id, &socket);
+            let _ = tx.send(Slot::Ready(conn));
+            let workspace: String = session.container_id.chars().take(12).collect();
+            // A resumed session's token is the one the client already has; it is not sent again.
+            let payload = SessionPayload {
+                session_id: &session.id,
+                resume_token: token.as_deref().unwrap_or(""),
+                workspace_id: &workspace,
+                acquire_ms,
+                resumed,
+            };
+            let _ = socket.emit("session", &payload);
+            api.metrics.handout(started.elapsed());
+            tracing::info!(session_id = %session.id, container_id = %session.container_id, acquire_ms, resumed, "session ready");
+        }
+        Err(error) => {
+            let _ = tx.send(Slot::Failed);
+            api.fail(&socket, None, error, None);
+            let _ = socket.disconnect();
+        }
+    }
+}
+
+async fn on_exec(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    reply: Reply,
+    State(api): State<Arc<SocketApi>>,
+) {
+    let conn = match api.conn(&socket).await {
+        Ok(c) => c,
+        Err(e) => return api.fail(&socket, Some(reply), e, None),
+    };
+    api.sessions.touch(&conn.session_id).await;
+    let req = match parse_exec(data, &api.limits) {
+        Ok(r) => r,
+        Err(e) => return api.fail(&socket, Some(reply), e, None),
+    };
+    let permit = match api.permit(&conn) {
+        Ok(p) => p,
+        Err(e) => return api.fail(&socket, Some(reply), e, None),
+    };
+    let call_id = new_call_id();
+    let result = api
+        .run(&socket, &conn, &call_id, &req.command, req.timeout)
+        .await;
+    drop(permit);
+    match result {
+        Ok(out) => reply.send(&json!({
+            "ok": true,
+            "callId": call_id,
+            "status": out.status,
+            "exitCode": out.exit_code,
+            "stdout": String::from_utf8_lossy(&out.stdout),
+            "stderr": String::from_utf8_lossy(&out.stderr),
+            "truncated": out.truncated,
+            "durationMs": out.duration_ms,
+        })),
+        Err(e) => api.fail(&socket, Some(reply), e, Some(&call_id)),
+    }
+}
+
+async fn on_message(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    reply: Reply,
+    State(api): State<Arc<SocketApi>>,
+) {
+    let conn = match api.conn(&socket).await {
+        Ok(c) => c,
+        Err(e) => return api.fail(&socket, Some(reply), e, None),
+    };
+    api.sessions.touch(&conn.session_id).await;
+    let text = match parse_message(data, &api.limits) {
+        Ok(t) => t,
+        Err(e) => return api.fail(&socket, Some(reply), e, None),
+    };
+    let proposals = match api.agent.propose(&text).await {
+        Ok(p) => p,
+        Err(e) => {
+            return api.fail(
+                &socket,
+                Some(reply),
+                ApiError::new(ErrorCode::Internal, e.to_string()),
+                None,
+            );
+        }
+    };
+    let mut call_ids = Vec::new();
+    for proposal in proposals {
+        let ToolProposal::Exec { command } = &proposal;
+        let call_id = new_call_id();
+        {
+            let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= MAX_PENDING_PER_SESSION {
+                drop(pending);
+                return api.fail(
+                    &socket,
+                    Some(reply),
+                    ApiError::new(
+                        ErrorCode::TooManyRequests,
+                        format!(
+                            "at most {MAX_PENDING_PER_SESSION} tool calls may wait for approval"
+                        ),
+                    ),
+                    None,
+                );
+            }
+            pending.insert(call_id.clone(), command.clone());
+        }
+        let _ = socket.emit(
+            "tool:request",
+            &json!({"callId": call_id, "tool": proposal.tool(), "args": {"command": command}}),
+        );
+        call_ids.push(call_id);
+    }
+    reply.send(&json!({"ok": true, "callIds": call_ids}));
+}
+
+async fn on_approval(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    reply: Reply,
+    State(api): State<Arc<SocketApi>>,
+) {
+    let conn = match api.conn(&socket).await {
+        Ok(c) => c,
+        Err(e) => return api.fail(&socket, Some(reply), e, None),
+    };
+    api.sessions.touch(&conn.session_id).await;
+    let (call_id, approved) = match parse_approval(data) {
+        Ok(v) => v,
+        Err(e) => return api.fail(&socket, Some(reply), e, None),
+    };
+    // Only this session's own proposals are here, and each is taken once.
+    let command = conn
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&call_id);
+    let Some(command) = command else {
+        let e = ApiError::new(
+            ErrorCode::NotFound,
+            "no tool call with that callId is waiting for approval",
+        );
+        return api.fail(&socket, Some(reply), e, Some(&call_id));
+    };
+    if !approved {
+        api.metrics.exec_done("rejected", Duration::ZERO);
+        reply.send(&json!({"ok": true, "callId": call_id}));
+        let _ = socket.emit(
+            "tool:result",
+            &json!({"callId": call_id, "status": "rejected"}),
+        );
+        return;
+    }
+    let permit = match api.permit(&conn) {
+        Ok(p) => p,
+        Err(e) => {
+            // Not run: it stays waiting, so the client can approve it again later.
+            conn.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(call_id.clone(), command);
+            return api.fail(&socket, Some(reply), e, Some(&call_id));
+        }
+    };
+    reply.send(&json!({"ok": true, "callId": call_id}));
+    let timeout = Duration::from_millis(api.limits.exec_default_timeout_ms as u64);
+    let result = api.run(&socket, &conn, &call_id, &command, timeout).await;
+    drop(permit);
+    let body = match result {
+        Ok(out) => {
+            json!({"callId": call_id, "status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms})
+        }
+        Err(e) => {
+            api.metrics.api_error(e.code.as_str());
+            json!({"callId": call_id, "status": "error", "exitCode": null, "error": {"code": e.code.as_str(), "message": e.message}})
+        }
+    };
+    let _ = socket.emit("tool:result", &body);
+}
+
+async fn on_end(socket: SocketRef, reply: Reply, State(api): State<Arc<SocketApi>>) {
+    let conn = match api.conn(&socket).await {
+        Ok(c) => c,
+        Err(e) => return api.fail(&socket, Some(reply), e, None),
+    };
+    match api.sessions.end(&conn.session_id, EndReason::Ended).await {
+        Ok(_) => {
+            reply.send(&json!({"ok": true, "sessionId": conn.session_id}));
+            let _ = socket.disconnect();
+        }
+        Err(e) => api.fail(&socket, Some(reply), (&e).into(), None),
+    }
+}
+
+async fn on_unknown(Event(event): Event) {
+    tracing::debug!(event, "unknown socket event ignored");
+}
+
+async fn on_disconnect(socket: SocketRef, State(api): State<Arc<SocketApi>>) {
+    let Some(ConnSlot(rx)) = socket.extensions.get::<ConnSlot>() else {
+        return;
+    };
+    let Slot::Ready(conn) = rx.borrow().clone() else {
+        return;
+    };
+    // Detach only if this socket is still the session's (not replaced by a resume, not ended).
+    let current = {
+        let mut bound = api.bound();
+        match bound.get(&conn.session_id) {
+            Some(s) if s.id == socket.id => {
+                bound.remove(&conn.session_id);
+                true
+            }
+            _ => false,
+        }
+    };
+    if current {
+        api.sessions.detach(&conn.session_id).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ApiConfig {
+        ApiConfig::default()
+    }
+
+    #[test]
+    fn exec_payloads_are_validated() {
+        let ok = parse_exec(
+            Ok::<_, String>(json!({"command": "ls", "timeoutMs": 5000})),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.command.as_str(), ok.timeout),
+            ("ls", Duration::from_secs(5))
+        );
+        for bad in [
+            json!("ls"),
+            json!({}),
+            json!({"command": 5}),
+            json!({"command": "  "}),
+            json!({"command": "ls", "timeoutMs": 0}),
+            json!({"command": "ls", "timeoutMs": -1}),
+            json!({"command": "ls", "timeoutMs": 1.5}),
+            json!({"command": "ls", "timeoutMs": "5"}),
+            json!({"command": "ls", "timeoutMs": 300_001}),
+            json!({"command": "x".repeat(16 * 1024 + 1)}),
+        ] {
+            let e = parse_exec(Ok::<_, String>(bad.clone()), &limits())
+                .err()
+                .unwrap_or_else(|| panic!("accepted {bad}"));
+            assert_eq!(e.code, ErrorCode::BadRequest);
+        }
+    }
+
+    #[test]
+    fn messages_and_approvals_are_validated() {
+        assert_eq!(
+            parse_message(Ok::<_, String>(json!("ls")), &limits()).unwrap(),
+            "ls"
+        );
+        assert_eq!(
+            parse_message(Ok::<_, String>(json!({"text": "pwd"})), &limits()).unwrap(),
+            "pwd"
+        );
+        for bad in [
+            json!(""),
+            json!(" "),
+            json!(3),
+            json!({"text": 3}),
+            json!(null),
+        ] {
+            assert!(parse_message(Ok::<_, String>(bad), &limits()).is_err());
+        }
+        assert_eq!(
+            parse_approval(Ok::<_, String>(json!({"callId": "a", "approved": true}))).unwrap(),
+            ("a".into(), true)
+        );
+        for bad in [
+            json!({"callId": "a"}),
+            json!({"callId": "", "approved": true}),
+            json!({"approved": "yes", "callId": "a"}),
+            json!([]),
+        ] {
+            assert!(parse_approval(Ok::<_, String>(bad)).is_err());
+        }
+        assert!(
+            parse_resume(&json!({"sessionId": "a", "resumeToken": "b"}))
+                .unwrap()
+                .is_some()
+        );
+        assert!(parse_resume(&json!({})).unwrap().is_none());
+        assert!(parse_resume(&json!({"sessionId": 1, "resumeToken": "b"})).is_err());
+        assert!(parse_resume(&json!("x")).is_err());
+    }
+}
