@@ -3,84 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-struct Service {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn spawn_service(instance: &str, extra: &[(&str, &str)]) -> Service {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandpool"));
-    cmd.arg("serve")
-        .env("SANDPOOL_LISTEN", addr.to_string())
-        .env("SANDPOOL_INSTANCE_ID", instance)
-        .env("SANDPOOL_POOL_MIN_IDLE", "3")
-        .env("SANDPOOL_POOL_MAX", "6")
-        .env("SANDPOOL_POOL_RECONCILE_INTERVAL_MS", "500")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("binary starts");
-    let service = Service { child, addr };
-    within(90, "service ready", async {
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok()
-                && http_get(addr, "/readyz").await.0 == 200
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    service
-}
-
-fn sigterm_and_wait(mut service: Service) -> std::process::ExitStatus {
-    let pid = service.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = service.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "service did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_routes_and_sigterm_leaves_zero_containers() {

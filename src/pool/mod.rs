@@ -1026,17 +1026,35 @@ impl ContainerPool {
             Ok(Ok(listed)) => ids.extend(listed.into_iter().map(|c| c.id)),
             _ => tracing::warn!("shutdown: could not list containers, removing the known ones"),
         }
+        // Remove them all; a removal refused by the breaker or a transient error is tried
+        // again until the deadline.
         let gate = &self.inner.gate;
-        let removed = timeout_at(
-            deadline,
-            join_all(
-                ids.iter()
-                    .map(|id| async move { gate.remove_container(id).await.is_ok() }),
-            ),
-        )
-        .await
-        .map(|r| r.into_iter().filter(|ok| *ok).count())
-        .unwrap_or(0);
+        let mut left: Vec<String> = ids.into_iter().collect();
+        let total = left.len();
+        while !left.is_empty() {
+            let results =
+                join_all(left.iter().map(|id| async move {
+                    (id.clone(), gate.remove_container(id).await.is_ok())
+                }));
+            let Ok(results) = timeout_at(deadline, results).await else {
+                break;
+            };
+            left = results
+                .into_iter()
+                .filter_map(|(id, ok)| if ok { None } else { Some(id) })
+                .collect();
+            if left.is_empty() || Instant::now() + Duration::from_millis(250) >= deadline {
+                break;
+            }
+            sleep(Duration::from_millis(250)).await;
+        }
+        let removed = total - left.len();
+        if !left.is_empty() {
+            tracing::warn!(
+                left = left.len(),
+                "shutdown: some containers could not be removed; the next start with this instance id removes them"
+            );
+        }
         let mut s = self.state();
         s.idle.clear();
         s.leased.clear();

@@ -413,3 +413,83 @@ impl Drop for Monitor {
         }
     }
 }
+
+/// The `sandpool` binary cargo built for these tests.
+pub fn sandpool_bin() -> std::path::PathBuf {
+    // CARGO_BIN_EXE_<name> is set for integration tests of a package with that binary.
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_sandpool"))
+}
+
+/// A `sandpool serve` process for a test; killed when dropped.
+pub struct Service {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn spawn_service(instance: &str, extra: &[(&str, &str)]) -> Service {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cmd = Command::new(sandpool_bin());
+    cmd.arg("serve")
+        .env("SANDPOOL_LISTEN", addr.to_string())
+        .env("SANDPOOL_INSTANCE_ID", instance)
+        .env("SANDPOOL_POOL_MIN_IDLE", "3")
+        .env("SANDPOOL_POOL_MAX", "6")
+        .env("SANDPOOL_POOL_RECONCILE_INTERVAL_MS", "500")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("binary starts");
+    let service = Service { child, addr };
+    within(90, "service ready", async {
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok()
+                && http_get(addr, "/readyz").await.0 == 200
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    service
+}
+
+pub fn sigterm_and_wait(mut service: Service) -> std::process::ExitStatus {
+    let pid = service.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = service.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

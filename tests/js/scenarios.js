@@ -1,0 +1,336 @@
+// Scenarios driven with the official socket.io client (v4) against a running sandpool.
+// Usage: node scenarios.js <scenario> <url>
+// Each scenario asserts with node:assert and prints one JSON line `{"ok":true,...}` at the end;
+// a failure exits non-zero with the assertion. Lines `{"step":NAME}` ask the Rust test to act
+// (change a fault, inspect the server); the script then waits for a line on stdin.
+"use strict";
+const assert = require("node:assert/strict");
+const readline = require("node:readline");
+const { io } = require("socket.io-client");
+
+const [, , scenario, url] = process.argv;
+const sockets = [];
+const TIMEOUT = 60000;
+
+const lines = readline.createInterface({ input: process.stdin });
+const waiting = [];
+lines.on("line", (l) => { const w = waiting.shift(); if (w) w(l); });
+function step(name, extra = {}) {
+  return new Promise((resolve) => {
+    waiting.push(resolve);
+    console.log(JSON.stringify({ step: name, ...extra }));
+  });
+}
+
+function connect(auth) {
+  const s = io(url, { transports: ["websocket"], reconnection: false, forceNew: true, auth });
+  sockets.push(s);
+  s.errors = [];
+  s.outputs = [];
+  s.results = [];
+  s.requests = [];
+  s.expired = [];
+  s.on("error", (e) => s.errors.push(e));
+  s.on("tool:output", (o) => s.outputs.push(o));
+  s.on("tool:result", (r) => s.results.push(r));
+  s.on("tool:request", (r) => s.requests.push(r));
+  s.on("session:expired", (e) => s.expired.push(e));
+  return s;
+}
+
+function once(s, event, ms = TIMEOUT) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timeout waiting for ${event}`)), ms);
+    s.once(event, (v) => { clearTimeout(t); resolve(v); });
+  });
+}
+
+async function until(pred, what, ms = TIMEOUT) {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timeout waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+async function session(auth) {
+  const s = connect(auth);
+  const sess = await once(s, "session");
+  s.session = sess;
+  return s;
+}
+
+const ack = (s, ev, data) => s.timeout(TIMEOUT).emitWithAck(ev, data);
+
+async function exec(s, command, extra = {}) {
+  return ack(s, "exec", { command, ...extra });
+}
+
+const scenarios = {
+  // connect → session; exec streams and acks; message → request → approve → output + result;
+  // reject; used and unknown callIds; unknown events; bad requests with and without ack; end.
+  async basics() {
+    const s = await session();
+    assert.match(s.session.sessionId, /^[0-9a-f-]{36}$/);
+    assert.equal(s.session.resumeToken.length, 64);
+    assert.equal(s.session.resumed, false);
+    assert.equal(typeof s.session.acquireMs, "number");
+    assert.ok(s.session.workspaceId.length >= 12);
+
+    const r = await exec(s, "echo out; echo err >&2; id -u; pwd; exit 3");
+    assert.equal(r.ok, true);
+    assert.equal(r.status, "ok");
+    assert.equal(r.exitCode, 3);
+    assert.equal(r.stdout, "out\n1000\n/workspace\n");
+    assert.equal(r.stderr, "err\n");
+    assert.equal(r.truncated, false);
+    const streamed = s.outputs.filter((o) => o.callId === r.callId);
+    assert.equal(streamed.filter((o) => o.stream === "stdout").map((o) => o.data).join(""), r.stdout);
+    assert.equal(streamed.filter((o) => o.stream === "stderr").map((o) => o.data).join(""), r.stderr);
+
+    // Chat: propose, approve, stream, result.
+    const m = await ack(s, "message", "echo approved-run > /workspace/a; cat /workspace/a");
+    assert.equal(m.ok, true);
+    await until(() => s.requests.length === 1, "tool:request");
+    const req = s.requests[0];
+    assert.deepEqual(req.args, { command: "echo approved-run > /workspace/a; cat /workspace/a" });
+    assert.equal(req.tool, "exec");
+    assert.equal(m.callIds[0], req.callId);
+    const ap = await ack(s, "tool:approval", { callId: req.callId, approved: true });
+    assert.deepEqual(ap, { ok: true, callId: req.callId });
+    await until(() => s.results.some((x) => x.callId === req.callId), "tool:result");
+    const res = s.results.find((x) => x.callId === req.callId);
+    assert.equal(res.status, "ok");
+    assert.equal(res.exitCode, 0);
+    assert.equal(s.outputs.filter((o) => o.callId === req.callId).map((o) => o.data).join(""), "approved-run\n");
+
+    // Rejection, with {text} form and no ack: nothing runs.
+    s.emit("message", { text: "touch /workspace/rejected" });
+    await until(() => s.requests.length === 2, "second tool:request");
+    const req2 = s.requests[1];
+    s.emit("tool:approval", { callId: req2.callId, approved: false });
+    await until(() => s.results.some((x) => x.callId === req2.callId), "rejected result");
+    assert.equal(s.results.find((x) => x.callId === req2.callId).status, "rejected");
+    const ls = await exec(s, "ls /workspace");
+    assert.equal(ls.stdout, "a\n", "the rejected command did not run");
+
+    // A callId is used once; unknown ones are not found.
+    const again = await ack(s, "tool:approval", { callId: req.callId, approved: true });
+    assert.equal(again.error.code, "not_found");
+    const unknown = await ack(s, "tool:approval", { callId: "nope", approved: true });
+    assert.equal(unknown.error.code, "not_found");
+    s.emit("tool:approval", { callId: "nope-no-ack", approved: false });
+    await until(() => s.errors.some((e) => e.code === "not_found" && e.callId === "nope-no-ack"), "not_found event");
+
+    // Unknown events are ignored; the socket stays and works.
+    s.emit("no-such-event", { x: 1 });
+    s.emit("exec"); // no payload, no ack
+    await until(() => s.errors.some((e) => e.code === "bad_request"), "bad_request event");
+
+    // Every kind of bad request gets bad_request in its ack.
+    const bads = [
+      ["exec", { command: 5 }], ["exec", {}], ["exec", "ls"], ["exec", { command: "" }],
+      ["exec", { command: "ls", timeoutMs: 0 }], ["exec", { command: "ls", timeoutMs: -5 }],
+      ["exec", { command: "ls", timeoutMs: 10 ** 9 }], ["exec", { command: "ls", timeoutMs: "9" }],
+      ["exec", { command: "x".repeat(16 * 1024 + 1) }],
+      ["message", ""], ["message", "   "], ["message", { text: 4 }], ["message", 17], ["message", null],
+      ["tool:approval", { callId: "x" }], ["tool:approval", { approved: true }], ["tool:approval", "yes"],
+    ];
+    for (const [ev, data] of bads) {
+      const a = await ack(s, ev, data);
+      assert.equal(a.ok, false, `${ev} ${JSON.stringify(data).slice(0, 60)}`);
+      assert.equal(a.error.code, "bad_request", `${ev} ${JSON.stringify(data).slice(0, 60)}`);
+      assert.equal(typeof a.error.message, "string");
+    }
+    assert.ok(s.connected, "bad requests never close the socket");
+    const still = await exec(s, "echo still-here");
+    assert.equal(still.stdout, "still-here\n");
+
+    const end = await ack(s, "session:end");
+    assert.deepEqual(end, { ok: true, sessionId: s.session.sessionId });
+    await until(() => !s.connected, "disconnect after end");
+    return { sessionId: s.session.sessionId, workspaceId: s.session.workspaceId };
+  },
+
+  // Another session cannot approve a session's tool call.
+  async cross_session() {
+    const a = await session();
+    const b = await session();
+    assert.notEqual(a.session.workspaceId, b.session.workspaceId);
+    a.emit("message", "echo mine");
+    await until(() => a.requests.length === 1, "request");
+    const callId = a.requests[0].callId;
+    const stolen = await ack(b, "tool:approval", { callId, approved: true });
+    assert.equal(stolen.error.code, "not_found");
+    assert.equal(b.outputs.length + a.outputs.length, 0, "nothing ran");
+    const mine = await ack(a, "tool:approval", { callId, approved: true });
+    assert.equal(mine.ok, true);
+    await until(() => a.results.length === 1, "result");
+    assert.equal(a.results[0].status, "ok");
+    assert.equal(b.results.length, 0);
+    return {};
+  },
+
+  // Resume with the token: same sandbox, files intact. A wrong token never gets the session.
+  async resume() {
+    const a = await session();
+    await exec(a, "echo keep > /workspace/kept");
+    const { sessionId, resumeToken, workspaceId } = a.session;
+    a.disconnect();
+    await new Promise((r) => setTimeout(r, 200));
+
+    const back = await session({ sessionId, resumeToken });
+    assert.equal(back.session.resumed, true);
+    assert.equal(back.session.sessionId, sessionId);
+    assert.equal(back.session.workspaceId, workspaceId);
+    assert.equal((await exec(back, "cat /workspace/kept")).stdout, "keep\n");
+
+    const thief = connect({ sessionId, resumeToken: "f".repeat(64) });
+    const got = await once(thief, "session");
+    assert.equal(got.resumed, false);
+    assert.notEqual(got.sessionId, sessionId);
+    assert.notEqual(got.workspaceId, workspaceId);
+    await until(() => thief.errors.some((e) => e.code === "session_expired"), "session_expired error");
+    assert.equal((await exec(thief, "ls -A /workspace")).stdout, "");
+    // The real owner is unaffected.
+    assert.equal((await exec(back, "cat /workspace/kept")).stdout, "keep\n");
+    const expired = connect({ sessionId: "00000000-0000-0000-0000-000000000000", resumeToken: "x" });
+    await once(expired, "session");
+    await until(() => expired.errors.some((e) => e.code === "session_expired"), "unknown session");
+    const malformed = connect({ sessionId: 7 });
+    await once(malformed, "session");
+    await until(() => malformed.errors.some((e) => e.code === "bad_request"), "malformed auth");
+    return {};
+  },
+
+  // session:end gives the sandbox back; the next session on it sees nothing of the last.
+  async end_then_next() {
+    const a = await session();
+    await exec(a, "echo secret > /workspace/s; echo s2 > /tmp/s; echo s3 > ~/.s; nohup sleep 777 >/dev/null 2>&1 & setsid sleep 778 >/dev/null 2>&1 &");
+    assert.equal((await exec(a, "ps -o args | grep -c '^sleep 77'")).stdout, "2\n");
+    const ws = a.session.workspaceId;
+    await ack(a, "session:end");
+    const b = await session();
+    assert.equal(b.session.workspaceId, ws, "a pool of one hands out the same sandbox");
+    const seen = await exec(b, "ls -A /workspace /tmp ~ | grep -v ':$' | grep -c .; ps -o args | grep -c '^sleep 77'; true");
+    assert.equal(seen.stdout, "0\n0\n", "no file and no process of the last session");
+    return {};
+  },
+
+  // 12 slow commands at once: at most 5 run, the rest are refused with too_many_requests.
+  async flood() {
+    const s = await session();
+    const acks = await Promise.all(Array.from({ length: 12 }, () => exec(s, "sleep 1; echo done")));
+    const ok = acks.filter((a) => a.ok);
+    const refused = acks.filter((a) => !a.ok);
+    assert.equal(ok.length, 5);
+    assert.ok(ok.every((a) => a.stdout === "done\n"));
+    assert.equal(refused.length, 7);
+    assert.ok(refused.every((a) => a.error.code === "too_many_requests"));
+    // Without an ack, the refusal is an error event. Five commands are surely running once
+    // each has printed.
+    const before = s.outputs.length;
+    for (let i = 0; i < 5; i++) exec(s, "echo started; sleep 2").catch(() => {});
+    await until(() => s.outputs.slice(before).filter((o) => o.data === "started\n").length === 5, "five running");
+    s.emit("exec", { command: "true" });
+    await until(() => s.errors.some((e) => e.code === "too_many_requests"), "too_many_requests event");
+    return {};
+  },
+
+  // 100 MB of output: capped at 1 MiB per stream and marked truncated.
+  async big_output() {
+    const s = await session();
+    await step("measure-before");
+    const r = await exec(s, "head -c 100000000 /dev/zero | tr '\\0' a; echo tail >&2", { timeoutMs: 120000 });
+    assert.equal(r.status, "ok");
+    assert.equal(r.truncated, true);
+    assert.equal(r.stdout.length, 1 << 20);
+    assert.equal(r.stderr, "tail\n");
+    const streamed = s.outputs.filter((o) => o.callId === r.callId && o.stream === "stdout").reduce((n, o) => n + o.data.length, 0);
+    assert.equal(streamed, 1 << 20);
+    await step("measure-after");
+    return {};
+  },
+
+  // A command past its timeout has its whole process tree killed.
+  async timeout() {
+    const s = await session();
+    const r = await exec(s, "sleep 300 & (sleep 301 &) ; sleep 302", { timeoutMs: 700 });
+    assert.equal(r.status, "timeout");
+    assert.equal(r.exitCode, null);
+    const left = await exec(s, "ps -o args | grep -c '^sleep 30'; true");
+    assert.equal(left.stdout, "0\n");
+    return {};
+  },
+
+  // Many sessions connecting at once all get a sandbox.
+  async many() {
+    const n = Number(process.env.SESSIONS || 200);
+    const started = Date.now();
+    const all = await Promise.all(Array.from({ length: n }, () => session()));
+    const ms = Date.now() - started;
+    assert.equal(new Set(all.map((s) => s.session.workspaceId)).size, n, "distinct sandboxes");
+    assert.ok(all.every((s) => s.errors.length === 0), "no errors");
+    const probe = await Promise.all(all.slice(0, 10).map((s) => exec(s, "echo $((6*7))")));
+    assert.ok(probe.every((p) => p.stdout === "42\n"));
+    return { sessions: n, ms };
+  },
+
+  // pool_exhausted: the only sandbox is taken.
+  async exhausted() {
+    const a = await session();
+    const b = connect();
+    const err = await once(b, "error");
+    assert.equal(err.code, "pool_exhausted");
+    await until(() => !b.connected, "exhausted socket closed");
+    assert.ok(a.connected);
+    return {};
+  },
+
+  // Faults behind the Docker gate, switched by the Rust test between steps.
+  async faults() {
+    const s = await session();
+    const t = await session();
+    await step("hang"); // Docker stops answering: the one slot is taken by the first call
+    const first = exec(s, "true");
+    await new Promise((r) => setTimeout(r, 300));
+    const second = await exec(t, "true");
+    assert.equal(second.error.code, "overloaded");
+    await step("fail"); // Docker answers 500 from now on
+    const failed = await first; // the hung call times out
+    assert.equal(failed.ok, false);
+    assert.equal(failed.error.code, "internal");
+    const third = await exec(s, "true"); // second failure opens the breaker
+    assert.equal(third.error.code, "internal");
+    const fourth = await exec(s, "true");
+    assert.equal(fourth.error.code, "unavailable");
+    assert.ok(s.connected && t.connected);
+    return {};
+  },
+
+  // The janitor ends an idle session and tells its socket.
+  async idle_expiry() {
+    const s = await session();
+    const e = await once(s, "session:expired", 30000);
+    assert.equal(e.sessionId, s.session.sessionId);
+    assert.equal(e.reason, "idle");
+    await until(() => !s.connected, "expired socket closed");
+    return {};
+  },
+};
+
+(async () => {
+  const fn = scenarios[scenario];
+  if (!fn) throw new Error(`unknown scenario ${scenario}`);
+  const out = await fn();
+  console.log(JSON.stringify({ ok: true, scenario, ...out }));
+})()
+  .catch((e) => {
+    console.error(e && e.stack ? e.stack : e);
+    process.exitCode = 1;
+  })
+  .finally(() => {
+    for (const s of sockets) s.disconnect();
+    lines.close();
+    setTimeout(() => process.exit(), 100);
+  });
