@@ -1,4 +1,5 @@
-//! HTTP routes: `/healthz`, `/readyz`, `/api/pool`, `/metrics`.
+//! HTTP routes: the chat page (`/`, with the socket.io client it needs under `/vendor/`),
+//! `/healthz`, `/readyz`, `/api/pool`, `/metrics`.
 
 use std::sync::Arc;
 
@@ -23,11 +24,46 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(index))
+        .route("/vendor/socket.io.min.js", get(socket_io_client))
+        .route("/vendor/socket.io-client.LICENSE", get(socket_io_licence))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/pool", get(pool_status))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The browser chat page; it works offline (everything it loads is served from here).
+async fn index() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../../static/index.html"),
+    )
+        .into_response()
+}
+
+/// The official socket.io browser client (MIT; its licence is served beside it).
+async fn socket_io_client() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("../../static/vendor/socket.io.min.js"),
+    )
+        .into_response()
+}
+
+async fn socket_io_licence() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        include_str!("../../static/vendor/socket.io-client.LICENSE"),
+    )
+        .into_response()
 }
 
 /// 200 while the process runs.

@@ -1,0 +1,201 @@
+//! The chat page in real headless Chromium (Debian's `chromium` and `chromium-driver`, over
+//! WebDriver): open it, send a message, approve the proposed command, see its output stream
+//! into the terminal pane, run a command directly, and save a screenshot to
+//! `target/browser-chat.png` for a person to look at.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::json;
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromium_binary() -> String {
+    for candidate in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.to_string();
+        }
+    }
+    panic!("no chromium found (Debian package chromium; scripts/test installs it)");
+}
+
+async fn wait_text(client: &fantoccini::Client, css: &str, needle: &str) -> String {
+    within(60, &format!("{css} to contain {needle:?}"), async {
+        loop {
+            if let Ok(el) = client.find(Locator::Css(css)).await
+                && let Ok(text) = el.text().await
+                && text.contains(needle)
+            {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_page_sends_approves_and_streams_output_in_chromium() {
+    let instance = unique_instance("browser");
+    let _cleanup = Cleanup::new(&instance);
+    let service = spawn_service(&instance, &[("SANDPOOL_POOL_MIN_IDLE", "1")]).await;
+
+    let port = free_port();
+    let _driver = Driver(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (Debian package chromium-driver)"),
+    );
+    within(20, "chromedriver up", async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium_binary(),
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,800"]
+        }),
+    );
+    let client = within(60, "webdriver session", async {
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("webdriver session")
+    })
+    .await;
+
+    let url = format!("http://{}/", service.addr);
+    client.goto(&url).await.expect("page loads");
+    let sandbox = wait_text(&client, "#sandbox", "sandbox: ").await;
+    within(30, "session shown", async {
+        loop {
+            let t = client
+                .find(Locator::Css("#sandbox"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if !t.ends_with('–') {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let _ = sandbox;
+    wait_text(&client, "#conn", "connected").await;
+
+    // Chat: the agent proposes; the user approves; the output streams into the terminal.
+    let input = client.find(Locator::Css("#chat-input")).await.unwrap();
+    input
+        .send_keys("for i in 1 2 3; do echo hello-from-browser-$i; done; id -un")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#chat-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let approve = within(30, "approve button", async {
+        loop {
+            if let Ok(b) = client.find(Locator::Css(".proposal button.approve")).await {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let proposal = wait_text(&client, ".proposal code", "hello-from-browser").await;
+    assert!(proposal.contains("id -un"), "{proposal}");
+    approve.click().await.unwrap();
+    let terminal = wait_text(&client, "#terminal", "hello-from-browser-3").await;
+    assert!(
+        terminal
+            .contains("hello-from-browser-1\nhello-from-browser-2\nhello-from-browser-3\nsandbox"),
+        "{terminal}"
+    );
+    wait_text(&client, ".proposal .status", "ok, exit 0").await;
+
+    // A rejected proposal runs nothing.
+    let input = client.find(Locator::Css("#chat-input")).await.unwrap();
+    input
+        .send_keys("touch /workspace/should-not-exist")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#chat-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let reject = within(30, "second proposal", async {
+        loop {
+            let buttons = client
+                .find_all(Locator::Css(".proposal button.reject"))
+                .await
+                .unwrap();
+            if buttons.len() == 2 {
+                return buttons.into_iter().nth(1).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    reject.click().await.unwrap();
+    wait_text(&client, "#chat", "rejected").await;
+
+    // A command run directly.
+    let exec = client.find(Locator::Css("#exec-input")).await.unwrap();
+    exec.send_keys("pwd; ls -A /workspace | wc -l")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#exec-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let terminal = wait_text(&client, "#terminal", "/workspace\n0\n").await;
+    assert!(terminal.contains("exit 0"), "{terminal}");
+
+    let png = client.screenshot().await.expect("screenshot");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-chat.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+    assert!(png.len() > 10_000, "a real picture");
+
+    client.close().await.unwrap();
+    assert!(sigterm_and_wait(service).success());
+    assert!(labeled_containers(&instance).is_empty());
+}
