@@ -152,6 +152,12 @@ pub struct PoolConfig {
     #[arg(long = "pool-min-idle", env = "SANDPOOL_POOL_MIN_IDLE", default_value = "10", value_parser = parse_env::<usize>("SANDPOOL_POOL_MIN_IDLE"))]
     pub min_idle: usize,
 
+    /// Idle containers kept at most: a recycled container beyond this is destroyed, so that a
+    /// burst does not leave the pool large forever. 0 means twice `SANDPOOL_POOL_MIN_IDLE`.
+    /// Default 0.
+    #[arg(long = "pool-max-idle", env = "SANDPOOL_POOL_MAX_IDLE", default_value = "0", value_parser = parse_env::<usize>("SANDPOOL_POOL_MAX_IDLE"))]
+    pub max_idle: usize,
+
     /// Containers of this instance at most: idle, leased, being created or scrubbed. Default 100.
     #[arg(long = "pool-max", env = "SANDPOOL_POOL_MAX", default_value = "100", value_parser = parse_positive("SANDPOOL_POOL_MAX"))]
     pub max: usize,
@@ -210,10 +216,22 @@ pub struct PoolConfig {
     pub network: String,
 }
 
+impl PoolConfig {
+    /// The idle set's upper bound (see `max_idle`).
+    pub fn idle_cap(&self) -> usize {
+        if self.max_idle == 0 {
+            (self.min_idle * 2).max(1)
+        } else {
+            self.max_idle.max(self.min_idle)
+        }
+    }
+}
+
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             min_idle: 10,
+            max_idle: 0,
             max: 100,
             max_uses: 50,
             max_age_secs: 3600,

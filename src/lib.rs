@@ -106,6 +106,12 @@ pub async fn run(
     .layer(socket_layer);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
+        // Small socket.io frames must not wait for delayed ACKs (Nagle): ~40 ms otherwise.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_stopped.await;

@@ -77,6 +77,7 @@ async fn fifty_concurrent_acquires_are_exclusive_and_bounded() {
     let mut config = test_config(&instance);
     config.pool.min_idle = 2;
     config.pool.max = 5;
+    config.pool.max_idle = 5;
     let pool = start_pool(&config).await;
     cleanup.watch(&pool);
     assert!(pool.wait_idle(2, Duration::from_secs(60)).await);
@@ -474,4 +475,42 @@ async fn after_a_crash_a_new_pool_adopts_or_removes_every_leftover() {
         labeled_containers(&instance).is_empty(),
         "no orphans after shutdown"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_does_not_leave_the_idle_set_large() {
+    let instance = unique_instance("idlecap");
+    let cleanup = Cleanup::new(&instance);
+    let mut config = test_config(&instance);
+    config.pool.min_idle = 1;
+    config.pool.max_idle = 2;
+    config.pool.max = 5;
+    let pool = start_pool(&config).await;
+    cleanup.watch(&pool);
+    assert!(pool.wait_idle(1, Duration::from_secs(60)).await);
+    let mut leases = Vec::new();
+    for _ in 0..4 {
+        leases.push(pool.acquire().await.expect("acquire"));
+    }
+    let mut outcomes = Vec::new();
+    for lease in &leases {
+        outcomes.push(recycle(&pool, &lease.container_id).await);
+    }
+    let destroyed: Vec<_> = outcomes
+        .iter()
+        .filter(|o| matches!(o, RecycleOutcome::Destroyed(r) if r.contains("idle set full")))
+        .collect();
+    assert!(!destroyed.is_empty(), "{outcomes:?}");
+    within(30, "idle back within its cap", async {
+        loop {
+            let s = pool.status();
+            if s.idle <= 2 && s.destroying == 0 && s.scrubbing == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(labeled_containers(&instance).len() <= 2);
+    pool.shutdown(Duration::from_secs(20)).await;
 }

@@ -22,7 +22,7 @@ use super::error::{ApiError, ErrorCode};
 use crate::agent::{Agent, ToolProposal};
 use crate::config::ApiConfig;
 use crate::docker::spec::{SANDBOX_HOME, SANDBOX_USER, WORKSPACE};
-use crate::docker::{ExecChunk, ExecSpec, OutputStream};
+use crate::docker::{Admission, ExecChunk, ExecSpec, OutputStream};
 use crate::metrics::Metrics;
 use crate::session::{EndReason, Session, SessionError, SessionHooks, SessionManager};
 
@@ -313,6 +313,7 @@ impl SocketApi {
             ],
             timeout,
             output_limit: self.limits.exec_output_limit_bytes,
+            admission: Admission::Request,
         };
         let result = self
             .sessions
@@ -358,6 +359,7 @@ impl SocketApi {
             env: vec![],
             timeout: Duration::from_secs(10),
             output_limit: 4096,
+            admission: Admission::Upkeep,
         };
         if let Err(error) = self.sessions.pool().exec(container_id, &spec, None).await {
             tracing::warn!(%error, call_id, "killing a timed-out command failed");

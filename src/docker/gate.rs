@@ -35,8 +35,10 @@ pub struct DockerGate {
     /// Slots for calls in flight; its size is `max_concurrent`.
     permits: Arc<Semaphore>,
     max_concurrent: usize,
-    /// Callers waiting for a slot right now, bounded by `max_queue`.
+    /// `Request` callers waiting for a slot right now, bounded by `max_queue`.
     waiting: AtomicUsize,
+    /// `Upkeep` callers waiting for a slot right now (not bounded; reported).
+    waiting_upkeep: AtomicUsize,
     max_queue: usize,
     breaker: Breaker,
     call_timeout: Duration,
@@ -83,6 +85,18 @@ pub struct ContainerEvent {
     pub action: String,
 }
 
+/// How a call waits for a slot when all are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Work a client is waiting for (its commands): it waits in the bounded queue, and
+    /// past `max_queue` waiters it is refused at once with `Overloaded`.
+    Request,
+    /// The pool's own upkeep (create, start, scrub, remove, list, inspect): it waits for a slot
+    /// without a queue bound, since refusing it would only leak or waste containers; its
+    /// number is bounded by the pool's maximum. It still holds a slot while Docker works.
+    Upkeep,
+}
+
 /// A command to run in a container.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
@@ -95,6 +109,8 @@ pub struct ExecSpec {
     pub timeout: Duration,
     /// Bytes kept per stream; the rest is read and dropped, and `truncated` is set.
     pub output_limit: usize,
+    /// A client's command (`Request`) or the pool's own (`Upkeep`: scrub, kill).
+    pub admission: Admission,
 }
 
 /// Which stream a chunk of exec output came from.
@@ -160,6 +176,7 @@ impl DockerGate {
             permits: Arc::new(Semaphore::new(config.max_concurrent)),
             max_concurrent: config.max_concurrent,
             waiting: AtomicUsize::new(0),
+            waiting_upkeep: AtomicUsize::new(0),
             max_queue: config.max_queue,
             breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown()),
             call_timeout: config.call_timeout(),
@@ -174,7 +191,8 @@ impl DockerGate {
     pub fn status(&self) -> GateStatus {
         GateStatus {
             in_flight: self.max_concurrent - self.permits.available_permits(),
-            waiting: self.waiting.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed)
+                + self.waiting_upkeep.load(Ordering::Relaxed),
             max_concurrent: self.max_concurrent,
             max_queue: self.max_queue,
             breaker: self.breaker.state(),
@@ -188,24 +206,35 @@ impl DockerGate {
         self.breaker.state()
     }
 
-    /// Takes a slot, waiting in the bounded queue when none is free.
-    async fn admit(&self, op: &'static str) -> Result<OwnedSemaphorePermit, DockerError> {
+    /// Takes a slot, waiting when none is free: `Request` callers in the bounded queue,
+    /// `Upkeep` callers without a bound.
+    async fn admit(
+        &self,
+        op: &'static str,
+        admission: Admission,
+    ) -> Result<OwnedSemaphorePermit, DockerError> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let already = self.waiting.fetch_add(1, Ordering::AcqRel);
-        let _leave = DecrementOnDrop(&self.waiting);
-        if already >= self.max_queue {
+        let counter = match admission {
+            Admission::Request => &self.waiting,
+            Admission::Upkeep => &self.waiting_upkeep,
+        };
+        let already = counter.fetch_add(1, Ordering::AcqRel);
+        let _leave = DecrementOnDrop(counter);
+        if admission == Admission::Request && already >= self.max_queue {
             self.overloaded_total.fetch_add(1, Ordering::Relaxed);
             return Err(DockerError::Overloaded { waiting: already });
         }
-        match timeout(self.call_timeout, self.permits.clone().acquire_owned()).await {
+        // Upkeep may wait behind a long queue; give it more time than one call.
+        let wait = match admission {
+            Admission::Request => self.call_timeout,
+            Admission::Upkeep => self.call_timeout * 4,
+        };
+        match timeout(wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; treat it like a timeout if it ever is.
-            Ok(Err(_)) | Err(_) => Err(DockerError::Timeout {
-                op,
-                after: self.call_timeout,
-            }),
+            Ok(Err(_)) | Err(_) => Err(DockerError::Timeout { op, after: wait }),
         }
     }
 
@@ -242,6 +271,7 @@ impl DockerGate {
         &self,
         op: &'static str,
         idempotent: bool,
+        admission: Admission,
         f: F,
     ) -> Result<T, DockerError>
     where
@@ -251,7 +281,7 @@ impl DockerGate {
         if self.breaker.state() == BreakerState::Open {
             return Err(DockerError::Unavailable);
         }
-        let _permit = self.admit(op).await?;
+        let _permit = self.admit(op, admission).await?;
         if !idempotent || self.retry_attempts <= 1 {
             return self.attempt(op, &f).await;
         }
@@ -272,7 +302,7 @@ impl DockerGate {
 
     /// Asks Docker whether it is there.
     pub async fn ping(&self) -> Result<(), DockerError> {
-        self.call("ping", true, || self.docker.ping())
+        self.call("ping", true, Admission::Request, || self.docker.ping())
             .await
             .map(|_| ())
     }
@@ -280,7 +310,9 @@ impl DockerGate {
     /// Whether Docker has the image `tag`.
     pub async fn image_exists(&self, tag: &str) -> Result<bool, DockerError> {
         match self
-            .call("inspect_image", true, || self.docker.inspect_image(tag))
+            .call("inspect_image", true, Admission::Upkeep, || {
+                self.docker.inspect_image(tag)
+            })
             .await
         {
             Ok(_) => Ok(true),
@@ -299,7 +331,7 @@ impl DockerGate {
         labels: &HashMap<String, String>,
     ) -> Result<String, DockerError> {
         let op = "build_image";
-        let _permit = self.admit(op).await?;
+        let _permit = self.admit(op, Admission::Upkeep).await?;
         let ticket = self.breaker.try_pass().ok_or(DockerError::Unavailable)?;
         self.calls_total.fetch_add(1, Ordering::Relaxed);
         let options = BuildImageOptionsBuilder::default()
@@ -363,7 +395,7 @@ impl DockerGate {
             .build();
         let body = spec.to_create_body();
         let created = self
-            .call("create_container", false, || {
+            .call("create_container", false, Admission::Upkeep, || {
                 self.docker
                     .create_container(Some(options.clone()), body.clone())
             })
@@ -373,7 +405,7 @@ impl DockerGate {
 
     /// Starts a created container (idempotent: starting a running container is a no-op).
     pub async fn start_container(&self, id: &str) -> Result<(), DockerError> {
-        self.call("start_container", true, || {
+        self.call("start_container", true, Admission::Upkeep, || {
             self.docker.start_container(id, None)
         })
         .await
@@ -386,7 +418,7 @@ impl DockerGate {
             .v(true)
             .build();
         match self
-            .call("remove_container", true, || {
+            .call("remove_container", true, Admission::Upkeep, || {
                 self.docker.remove_container(id, Some(options.clone()))
             })
             .await
@@ -401,7 +433,7 @@ impl DockerGate {
     /// What Docker says of one container; `None` when it does not exist.
     pub async fn inspect_sandbox(&self, id: &str) -> Result<Option<SandboxInfo>, DockerError> {
         match self
-            .call("inspect_container", true, || {
+            .call("inspect_container", true, Admission::Upkeep, || {
                 self.docker.inspect_container(id, None)
             })
             .await
@@ -443,7 +475,7 @@ impl DockerGate {
             .filters(&filters)
             .build();
         let list = self
-            .call("list_containers", true, || {
+            .call("list_containers", true, Admission::Upkeep, || {
                 self.docker.list_containers(Some(options.clone()))
             })
             .await?;
@@ -523,7 +555,7 @@ impl DockerGate {
             ..Default::default()
         };
         let (exec_id, started) = {
-            let permit = self.admit("exec").await?;
+            let permit = self.admit("exec", spec.admission).await?;
             let created = self
                 .attempt("create_exec", &|| {
                     self.docker.create_exec(container_id, options.clone())
@@ -593,7 +625,9 @@ impl DockerGate {
             }
         }
         let inspected = self
-            .call("inspect_exec", true, || self.docker.inspect_exec(&exec_id))
+            .call("inspect_exec", true, spec.admission, || {
+                self.docker.inspect_exec(&exec_id)
+            })
             .await?;
         result.exit_code = inspected.exit_code;
         Ok(result)

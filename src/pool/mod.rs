@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, PoolConfig};
 use crate::docker::{
-    BreakerState, DockerError, DockerGate, ExecChunk, ExecOutput, ExecSpec, SandboxSpec,
+    Admission, BreakerState, DockerError, DockerGate, ExecChunk, ExecOutput, ExecSpec, SandboxSpec,
 };
 pub use scrub::Verdict;
 
@@ -533,10 +533,15 @@ impl ContainerPool {
             let mut s = self.state();
             s.scrubbing.remove(&sandbox.id);
             s.execs.remove(&sandbox.id);
+            let idle_full = s.idle.len() >= self.inner.config.idle_cap();
             match reason {
-                None if !s.closed => {
+                None if !s.closed && !idle_full => {
                     s.idle.push_back(sandbox);
                     RecycleOutcome::Recycled
+                }
+                None if idle_full && !s.closed => {
+                    s.destroying.insert(sandbox.id.clone());
+                    RecycleOutcome::Destroyed(format!("idle set full ({} idle)", s.idle.len()))
                 }
                 reason => {
                     let reason = reason.unwrap_or_else(|| "pool closed".into());
@@ -572,6 +577,7 @@ impl ContainerPool {
             env: vec![],
             timeout: Duration::from_millis(self.inner.config.scrub_timeout_ms as u64),
             output_limit: 64 * 1024,
+            admission: Admission::Upkeep,
         };
         let out = self.inner.gate.exec(container_id, &spec, None).await?;
         if out.timed_out {
@@ -683,10 +689,25 @@ impl ContainerPool {
         Ok(self.inner.gate.exec(container_id, spec, sink).await?)
     }
 
-    /// Removes a container and frees its place. The caller has put its id in `destroying`.
+    /// Removes a container and frees its place. The caller has put its id in `destroying`,
+    /// where it stays (counted towards the maximum) while removal is retried with backoff; a
+    /// container Docker will not remove for long is left to the reconcile loop, which removes
+    /// containers of this instance that the pool does not know.
     async fn destroy(&self, id: String) {
-        if let Err(error) = self.inner.gate.remove_container(&id).await {
-            tracing::warn!(container_id = %id, %error, "removing a sandbox failed; the reconcile loop will retry");
+        let mut delay = Duration::from_millis(250);
+        for attempt in 1..=8 {
+            match self.inner.gate.remove_container(&id).await {
+                Ok(()) => break,
+                Err(error) if attempt == 8 || self.inner.cancel.is_cancelled() => {
+                    tracing::warn!(container_id = %id, %error, "removing a sandbox failed; the reconcile loop will retry");
+                    break;
+                }
+                Err(error) => {
+                    tracing::debug!(container_id = %id, %error, attempt, "removing a sandbox failed, retrying");
+                    sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
         }
         self.state().destroying.remove(&id);
         self.inner.available.notify_one();

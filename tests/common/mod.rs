@@ -152,6 +152,7 @@ pub async fn sh(pool: &ContainerPool, container: &str, script: &str) -> ExecOutp
         env: vec!["HOME=/home/sandbox".into()],
         timeout: Duration::from_secs(20),
         output_limit: 1 << 20,
+        admission: sandpool::docker::Admission::Request,
     };
     pool.exec(container, &spec, None).await.expect("exec runs")
 }

@@ -1,0 +1,457 @@
+//! `cargo bench --bench sandpool` (or `scripts/bench`): sandpool's figures on this machine,
+//! against the real Docker engine and a real Redis, with a cold `docker create + start +
+//! first exec` of the same image measured in the same run as the baseline. Prints a table,
+//! writes `bench-results/results.json`, and draws latency CDFs (`bench/plot.py`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sandpool::docker::{ExecSpec, SandboxSpec};
+use sandpool::pool::{ContainerPool, NoopObserver};
+use serde_json::{Value, json};
+
+/// Percentiles of a sample, in milliseconds.
+fn summary(samples: &[f64]) -> Value {
+    let mut v: Vec<f64> = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((p / 100.0) * (v.len() as f64 - 1.0)).round() as usize;
+        v[i.min(v.len() - 1)]
+    };
+    json!({
+        "n": v.len(),
+        "p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0),
+        "max": v.last().copied().unwrap_or(f64::NAN),
+        "mean": if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 },
+        "samples": v,
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn node_modules() -> PathBuf {
+    std::env::var("SANDPOOL_NODE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/node-tools/node_modules")
+        })
+}
+
+fn node(args: &[&str]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/socket-bench.js");
+    let out = Command::new("node")
+        .arg(script)
+        .args(args)
+        .env("NODE_PATH", node_modules())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node runs");
+    assert!(out.status.success(), "socket-bench {args:?} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("null")).expect("socket-bench JSON")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn pool_field(addr: std::net::SocketAddr, field: &str) -> u64 {
+    let (_, body) = http_get(addr, "/api/pool").await;
+    json_body(&body)[field].as_u64().unwrap_or(0)
+}
+
+async fn wait_idle(addr: std::net::SocketAddr, n: u64) {
+    within(600, "pool idle", async {
+        while pool_field(addr, "idle").await < n {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
+/// `docker create` + `start` + a first exec, the way a pool-less service hands out a sandbox.
+async fn cold_baseline(runs: usize) -> Value {
+    let instance = unique_instance("bench-cold");
+    let _cleanup = Cleanup::new(&instance);
+    let config = test_config(&instance);
+    let gate = real_gate(&config).await;
+    let mut samples = Vec::new();
+    for i in 0..runs {
+        let spec = SandboxSpec {
+            name: format!("sandpool-{instance}-{i}"),
+            image: config.image.image.clone(),
+            instance_id: instance.clone(),
+            memory_bytes: config.pool.memory_bytes as i64,
+            nano_cpus: 1_000_000_000,
+            pids_limit: 128,
+            tmpfs_bytes: config.pool.tmpfs_bytes as u64,
+            network: "none".into(),
+        };
+        let exec = ExecSpec {
+            cmd: vec!["true".into()],
+            user: "1000:1000".into(),
+            working_dir: Some("/workspace".into()),
+            env: vec![],
+            timeout: Duration::from_secs(30),
+            output_limit: 1024,
+            admission: sandpool::docker::Admission::Request,
+        };
+        let t = Instant::now();
+        let id = gate.create_sandbox(&spec).await.expect("create");
+        gate.start_container(&id).await.expect("start");
+        gate.exec(&id, &exec, None).await.expect("exec");
+        samples.push(ms(t.elapsed()));
+        gate.remove_container(&id).await.expect("remove");
+    }
+    summary(&samples)
+}
+
+/// Containers created per second by the refill task, from empty to `n` idle.
+async fn refill_rate(n: usize) -> Value {
+    let instance = unique_instance("bench-refill");
+    let cleanup = Cleanup::new(&instance);
+    let mut config = test_config(&instance);
+    config.pool.min_idle = n;
+    config.pool.max = n;
+    let gate = real_gate(&config).await;
+    let t = Instant::now();
+    let pool = ContainerPool::start(gate, &config, Arc::new(NoopObserver), &HashSet::new())
+        .await
+        .unwrap();
+    cleanup.watch(&pool);
+    assert!(pool.wait_idle(n, Duration::from_secs(600)).await);
+    let secs = t.elapsed().as_secs_f64();
+    pool.shutdown(Duration::from_secs(120)).await;
+    json!({"containers": n, "seconds": secs, "per_second": n as f64 / secs, "parallelism": config.pool.create_parallelism})
+}
+
+/// Release → back in the idle set (scrubbed and verified), after a session that wrote files
+/// and left a background process.
+async fn recycle(cycles: usize) -> Value {
+    let instance = unique_instance("bench-recycle");
+    let cleanup = Cleanup::new(&instance);
+    let mut config = test_config(&instance);
+    config.pool.min_idle = 4;
+    config.pool.max = 4;
+    let pool = start_pool(&config).await;
+    cleanup.watch(&pool);
+    assert!(pool.wait_idle(4, Duration::from_secs(120)).await);
+    let mut samples = Vec::new();
+    let mut destroyed = 0;
+    for _ in 0..cycles {
+        let lease = pool.acquire().await.unwrap();
+        sh(
+            &pool,
+            &lease.container_id,
+            "echo x > /workspace/f; mkdir -p /tmp/d; sleep 100 >/dev/null 2>&1 &",
+        )
+        .await;
+        let t = Instant::now();
+        let rx = pool.release(&lease.container_id).unwrap();
+        match rx.await.unwrap() {
+            sandpool::pool::RecycleOutcome::Recycled => samples.push(ms(t.elapsed())),
+            sandpool::pool::RecycleOutcome::Destroyed(_) => destroyed += 1,
+        }
+    }
+    pool.shutdown(Duration::from_secs(60)).await;
+    let mut s = summary(&samples);
+    s["destroyed"] = json!(destroyed);
+    s
+}
+
+fn row(name: &str, value: String, conditions: &str) {
+    println!("{name:<44} {value:<34} {conditions}");
+}
+
+fn fmt_lat(v: &Value) -> String {
+    format!(
+        "{:.1}/{:.1}/{:.1}/{:.1} ms",
+        v["p50"].as_f64().unwrap_or(f64::NAN),
+        v["p90"].as_f64().unwrap_or(f64::NAN),
+        v["p99"].as_f64().unwrap_or(f64::NAN),
+        v["max"].as_f64().unwrap_or(f64::NAN)
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken.
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let image = "sandpool/sandbox:latest";
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let docker_version = docker(&["version", "--format", "{{.Server.Version}}"]);
+    eprintln!("bench: cold baseline…");
+    let cold = cold_baseline(30).await;
+    eprintln!("bench: refill rate…");
+    let refill = refill_rate(30).await;
+    eprintln!("bench: recycle…");
+    let recycled = recycle(100).await;
+
+    eprintln!("bench: socket-level figures (release binary, redis store)…");
+    let redis = RedisServer::start().await;
+    let instance = unique_instance("bench-svc");
+    let _cleanup = Cleanup::new(&instance);
+    let redis_url = redis.url();
+    let service = spawn_service(
+        &instance,
+        &[
+            ("SANDPOOL_POOL_MIN_IDLE", "110"),
+            ("SANDPOOL_POOL_MAX", "520"),
+            ("SANDPOOL_POOL_CREATE_PARALLELISM", "8"),
+            ("SANDPOOL_REDIS_URL", redis_url.as_str()),
+            ("SANDPOOL_SHUTDOWN_TIMEOUT_SECS", "300"),
+            ("SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS", "60000"),
+            ("SANDPOOL_RECONNECT_GRACE_SECS", "1"),
+            ("SANDPOOL_JANITOR_INTERVAL_SECS", "1"),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await;
+    let (addr, pid) = (service.addr, service.child.id());
+    let url = format!("http://{addr}");
+    wait_idle(addr, 110).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_rest = rss_kib(pid);
+
+    let mut handout = serde_json::Map::new();
+    for (n, c) in [(100, 1), (200, 20), (200, 100)] {
+        wait_idle(addr, 110).await;
+        let r = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || node(&["handout", &url, &n.to_string(), &c.to_string()])
+        })
+        .await
+        .unwrap();
+        let samples = |k: &str| -> Vec<f64> {
+            r[k].as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|x| x.as_f64())
+                .collect()
+        };
+        handout.insert(
+            format!("c{c}"),
+            json!({
+                "concurrency": c,
+                "sessions": n,
+                "failures": r["failures"],
+                "handout": summary(&samples("handoutMs")),
+                "first_exec": summary(&samples("firstExecMs")),
+                "server_acquire": summary(&samples("acquireMs")),
+            }),
+        );
+    }
+
+    wait_idle(addr, 110).await;
+    let churn_workers = 8;
+    let peak_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = peak_total.clone();
+        tokio::spawn(async move {
+            loop {
+                let total = pool_field(addr, "total").await;
+                peak.fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let churn = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || node(&["churn", &url, "60", &churn_workers.to_string()])
+    })
+    .await
+    .unwrap();
+    sampler.abort();
+
+    // Memory: the server's RSS with 100 and 500 sessions connected.
+    let mut memory = json!({"rss_rest_kib": rss_rest});
+    for n in [100u64, 500] {
+        wait_idle(addr, 100).await;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/socket-bench.js");
+        let mut child = Command::new("node")
+            .arg(&script)
+            .args(["hold", &url, &n.to_string()])
+            .env("NODE_PATH", node_modules())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let held = lines.next().unwrap().unwrap();
+        assert!(held.contains(&format!("\"held\":{n}")), "{held}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_kib(pid);
+        memory[format!("rss_{n}_sessions_kib")] = json!(rss);
+        memory[format!("per_session_bytes_at_{n}")] =
+            json!((rss.saturating_sub(rss_rest) * 1024) as f64 / n as f64);
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        // Their sessions are detached now; the janitor ends them after the (short) grace.
+        within(120, "held sessions ended", async {
+            while pool_field(addr, "leased").await > 0 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await;
+    }
+    let status = sigterm_and_wait(service);
+    assert!(status.success());
+
+    let cold_p50 = cold["p50"].as_f64().unwrap_or(f64::NAN);
+    let warm20 = &handout["c20"];
+    let ratio_handout = cold_p50 / warm20["handout"]["p50"].as_f64().unwrap_or(f64::NAN);
+    let ratio_first_exec = cold_p50 / warm20["first_exec"]["p50"].as_f64().unwrap_or(f64::NAN);
+    let report = json!({
+        "conditions": {
+            "machine": format!("{cores} cores"),
+            "docker": docker_version,
+            "image": image,
+            "build": "release",
+            "socket_server": "sandpool serve, pool min idle 110 / max 520, create parallelism 8, redis session store, reconnect grace 1 s, official socket.io client 4.8 (websocket) on loopback",
+            "cold_baseline": "docker create + start + exec `true` through the gate, sequential, same image and hardening",
+        },
+        "cold_baseline_ms": cold,
+        "handout": handout,
+        "ratio_cold_over_warm_handout_p50_c20": ratio_handout,
+        "ratio_cold_over_warm_first_exec_p50_c20": ratio_first_exec,
+        "recycle_ms": recycled,
+        "refill": refill,
+        "churn": {"result": churn, "workers": churn_workers, "peak_pool_total": peak_total.load(std::sync::atomic::Ordering::Relaxed)},
+        "memory": memory,
+    });
+    let path = out_dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+
+    println!();
+    println!(
+        "sandpool benchmark — {cores} cores, Docker {docker_version}, image {image}, release build"
+    );
+    println!("{}", "-".repeat(110));
+    row("figure", "value".into(), "conditions");
+    row(
+        "cold create+start+first exec p50/p90/p99/max",
+        fmt_lat(&cold),
+        "30 sequential, through the gate",
+    );
+    for c in ["c1", "c20", "c100"] {
+        let h = &handout[c];
+        let conc = h["concurrency"].as_u64().unwrap_or(0);
+        row(
+            &format!("handout connect→session, {conc} concurrent"),
+            fmt_lat(&h["handout"]),
+            &format!(
+                "{} sessions, warm pool, {} failures",
+                h["sessions"], h["failures"]
+            ),
+        );
+        row(
+            &format!("  server-side acquire, {conc} concurrent"),
+            fmt_lat(&h["server_acquire"]),
+            "acquireMs from `session`",
+        );
+        row(
+            &format!("first exec connect→ack, {conc} concurrent"),
+            fmt_lat(&h["first_exec"]),
+            "exec `true`",
+        );
+    }
+    row(
+        "cold / warm handout p50 (20 concurrent)",
+        format!("{ratio_handout:.0}×"),
+        "target ≥ 50×",
+    );
+    row(
+        "cold / warm first exec p50 (20 concurrent)",
+        format!("{ratio_first_exec:.1}×"),
+        "both include a first exec",
+    );
+    row(
+        "recycle release→idle p50/p90/p99/max",
+        fmt_lat(&recycled),
+        &format!(
+            "{} cycles, scrub + verify, {} destroyed",
+            recycled["n"], recycled["destroyed"]
+        ),
+    );
+    row(
+        "refill rate",
+        format!(
+            "{:.1} containers/s",
+            refill["per_second"].as_f64().unwrap_or(0.0)
+        ),
+        &format!(
+            "empty → {} idle, parallelism {}",
+            refill["containers"], refill["parallelism"]
+        ),
+    );
+    row(
+        "churn",
+        format!(
+            "{:.1} sessions/s",
+            churn["perSecond"].as_f64().unwrap_or(0.0)
+        ),
+        &format!(
+            "{} s, {churn_workers} workers, {} failures, peak pool {}",
+            churn["seconds"].as_f64().unwrap_or(0.0).round(),
+            churn["failures"],
+            report["churn"]["peak_pool_total"]
+        ),
+    );
+    row(
+        "server RSS at rest",
+        format!("{:.1} MiB", rss_rest as f64 / 1024.0),
+        "110 idle sandboxes, redis store",
+    );
+    for n in [100, 500] {
+        row(
+            &format!("server RSS per session at {n}"),
+            format!(
+                "{:.1} KiB",
+                memory[format!("per_session_bytes_at_{n}")]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    / 1024.0
+            ),
+            &format!("RSS {} KiB", memory[format!("rss_{n}_sessions_kib")]),
+        );
+    }
+    println!("{}", "-".repeat(110));
+    println!("JSON: {}", path.display());
+
+    let plot = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/plot.py");
+    match Command::new("python3")
+        .arg(&plot)
+        .arg(&path)
+        .arg(&out_dir)
+        .status()
+    {
+        Ok(s) if s.success() => println!("plots: {}/*.png", out_dir.display()),
+        _ => eprintln!(
+            "plots not drawn: python3 with matplotlib is needed (scripts/bench installs it)"
+        ),
+    }
+}
