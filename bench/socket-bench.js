@@ -1,6 +1,7 @@
 // Socket-level measurements with the official socket.io client, driven by benches/sandpool.rs.
 // Usage: node socket-bench.js <mode> <url> [args...]; prints one JSON line.
-//   handout <n> <concurrency>   connect → `session`, and connect → ack of a first `exec true`
+//   handout <n> <concurrency>   connect → `session` (then the session ends), in waves
+//   firstexec <n> <concurrency> connect → ack of a first `exec true`, in waves
 //   churn <seconds> <workers>   sessions that connect, exec once and end, back to back
 //   hold <n>                    opens n sessions, prints {"held": n}, then waits for stdin EOF
 "use strict";
@@ -21,38 +22,54 @@ function once(s, ev, ms = 60000) {
   });
 }
 
-// One session: returns {handoutMs, firstExecMs, acquireMs} and ends it.
-async function oneSession() {
+// One session: connect → `session` (handoutMs), optionally a first `exec true` (firstExecMs,
+// from the connect), then `session:end`. Waves start together at `gate`.
+async function oneSession(withExec, gate) {
+  await gate;
   const t0 = now();
   const s = open();
   try {
     const sess = await once(s, "session");
     const t1 = now();
-    const r = await s.timeout(60000).emitWithAck("exec", { command: "true" });
-    const t2 = now();
-    if (!r.ok) throw new Error(`exec: ${r.error.code}`);
+    let t2 = null;
+    if (withExec) {
+      const r = await s.timeout(60000).emitWithAck("exec", { command: "true" });
+      t2 = now();
+      if (!r.ok) throw new Error(`exec: ${r.error.code}`);
+    }
     await s.timeout(60000).emitWithAck("session:end");
-    return { handoutMs: t1 - t0, firstExecMs: t2 - t0, acquireMs: sess.acquireMs };
+    return { handoutMs: t1 - t0, firstExecMs: t2 === null ? null : t2 - t0, acquireMs: sess.acquireMs };
   } finally {
     s.disconnect();
   }
 }
 
-async function handout(n, concurrency) {
+// Waits until the pool has `n` idle sandboxes, so every wave starts from a warm pool.
+async function waitIdle(n) {
+  for (;;) {
+    const pool = await (await fetch(`${url}/api/pool`)).json();
+    if (pool.idle >= n && pool.scrubbing === 0) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function waves(n, concurrency, withExec) {
   const results = [];
   let failures = 0;
   for (let done = 0; done < n; done += concurrency) {
     const batch = Math.min(concurrency, n - done);
-    const rs = await Promise.allSettled(Array.from({ length: batch }, oneSession));
-    for (const r of rs) {
+    await waitIdle(batch);
+    let go;
+    const gate = new Promise((r) => { go = r; });
+    const wave = Promise.allSettled(Array.from({ length: batch }, () => oneSession(withExec, gate)));
+    go();
+    for (const r of await wave) {
       if (r.status === "fulfilled") results.push(r.value); else { failures++; console.error(String(r.reason)); }
     }
-    // Let the pool scrub what came back before the next wave.
-    await new Promise((r) => setTimeout(r, 400));
   }
   return {
     handoutMs: results.map((r) => r.handoutMs),
-    firstExecMs: results.map((r) => r.firstExecMs),
+    firstExecMs: results.filter((r) => r.firstExecMs !== null).map((r) => r.firstExecMs),
     acquireMs: results.map((r) => r.acquireMs),
     failures,
   };
@@ -64,7 +81,7 @@ async function churn(seconds, workers) {
   const errors = {};
   async function worker() {
     while (now() < end) {
-      try { await oneSession(); sessions++; } catch (e) { failures++; errors[e.message] = (errors[e.message] || 0) + 1; }
+      try { await oneSession(true, null); sessions++; } catch (e) { failures++; errors[e.message] = (errors[e.message] || 0) + 1; }
     }
   }
   const t0 = now();
@@ -88,7 +105,8 @@ async function hold(n) {
 
 (async () => {
   let out;
-  if (mode === "handout") out = await handout(Number(a), Number(b));
+  if (mode === "handout") out = await waves(Number(a), Number(b), false);
+  else if (mode === "firstexec") out = await waves(Number(a), Number(b), true);
   else if (mode === "churn") out = await churn(Number(a), Number(b));
   else if (mode === "hold") out = await hold(Number(a));
   else throw new Error(`unknown mode ${mode}`);

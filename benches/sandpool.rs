@@ -239,14 +239,13 @@ async fn main() {
 
     let mut handout = serde_json::Map::new();
     for (n, c) in [(100, 1), (200, 20), (200, 100)] {
-        wait_idle(addr, 110).await;
-        let r = tokio::task::spawn_blocking({
+        let run = |mode: &'static str| {
             let url = url.clone();
-            move || node(&["handout", &url, &n.to_string(), &c.to_string()])
-        })
-        .await
-        .unwrap();
-        let samples = |k: &str| -> Vec<f64> {
+            tokio::task::spawn_blocking(move || node(&[mode, &url, &n.to_string(), &c.to_string()]))
+        };
+        let pure = run("handout").await.unwrap();
+        let with_exec = run("firstexec").await.unwrap();
+        let samples = |r: &Value, k: &str| -> Vec<f64> {
             r[k].as_array()
                 .unwrap()
                 .iter()
@@ -258,10 +257,10 @@ async fn main() {
             json!({
                 "concurrency": c,
                 "sessions": n,
-                "failures": r["failures"],
-                "handout": summary(&samples("handoutMs")),
-                "first_exec": summary(&samples("firstExecMs")),
-                "server_acquire": summary(&samples("acquireMs")),
+                "failures": pure["failures"].as_u64().unwrap_or(0) + with_exec["failures"].as_u64().unwrap_or(0),
+                "handout": summary(&samples(&pure, "handoutMs")),
+                "first_exec": summary(&samples(&with_exec, "firstExecMs")),
+                "server_acquire": summary(&samples(&pure, "acquireMs")),
             }),
         );
     }

@@ -5,6 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -31,6 +32,17 @@ async fn artillery_smoke_has_no_failed_virtual_users() {
             ("SANDPOOL_POOL_MAX", "100"),
         ],
     )
+    .await;
+    // Start from a warm pool, as a deployed service would be.
+    within(120, "pool warm", async {
+        loop {
+            let (_, body) = http_get(service.addr, "/api/pool").await;
+            if json_body(&body)["idle"].as_u64().unwrap_or(0) >= 40 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
     .await;
     let report = tempfile::NamedTempFile::new().unwrap();
     let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("loadtest/smoke.yml");

@@ -275,6 +275,15 @@ impl SocketApi {
         }
     }
 
+    /// Unbinds the session if `socket` is the one bound to it; `true` when it was.
+    fn unbind_if_current(&self, session_id: &str, socket: &SocketRef) -> bool {
+        let mut bound = self.bound();
+        match bound.get(session_id) {
+            Some(s) if s.id == socket.id => bound.remove(session_id).is_some(),
+            _ => false,
+        }
+    }
+
     /// Runs `command` in the session's sandbox, streaming `tool:output`.
     async fn run(
         &self,
@@ -557,6 +566,14 @@ async fn on_connect(
             });
             api.bind(&session.id, &socket);
             let _ = tx.send(Slot::Ready(conn));
+            if !socket.connected() {
+                // The client left while its session was being set up, before the disconnect
+                // handler could see the session: detach it here so that the grace applies.
+                if api.unbind_if_current(&session.id, &socket) {
+                    api.sessions.detach(&session.id).await;
+                }
+                return;
+            }
             let workspace: String = session.container_id.chars().take(12).collect();
             // A resumed session's token is the one the client already has; it is not sent again.
             let payload = SessionPayload {
@@ -568,6 +585,9 @@ async fn on_connect(
             };
             let _ = socket.emit("session", &payload);
             api.metrics.handout(started.elapsed());
+            if started.elapsed() > Duration::from_secs(1) {
+                tracing::warn!(session_id = %session.id, elapsed_ms = started.elapsed().as_millis() as u64, "slow session handout");
+            }
             tracing::info!(session_id = %session.id, container_id = %session.container_id, acquire_ms, resumed, "session ready");
         }
         Err(error) => {
@@ -764,17 +784,7 @@ async fn on_disconnect(socket: SocketRef, State(api): State<Arc<SocketApi>>) {
         return;
     };
     // Detach only if this socket is still the session's (not replaced by a resume, not ended).
-    let current = {
-        let mut bound = api.bound();
-        match bound.get(&conn.session_id) {
-            Some(s) if s.id == socket.id => {
-                bound.remove(&conn.session_id);
-                true
-            }
-            _ => false,
-        }
-    };
-    if current {
+    if api.unbind_if_current(&conn.session_id, &socket) {
         api.sessions.detach(&conn.session_id).await;
     }
 }
