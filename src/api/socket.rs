@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
-use socketioxide::handler::FromMessageParts;
+use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError, SocketIo};
@@ -80,6 +80,10 @@ enum Slot {
 /// The connection's session as it is being set up; events wait on it.
 #[derive(Clone)]
 struct ConnSlot(watch::Receiver<Slot>);
+
+/// The setting side of [`ConnSlot`], kept by the connect handler.
+#[derive(Clone)]
+struct SlotSender(Arc<watch::Sender<Slot>>);
 
 /// The ack of an event, and whether the client asked for one.
 pub struct Reply {
@@ -172,7 +176,7 @@ impl SocketApi {
             // handler (and gets `bad_request`) up to this bound.
             .max_payload(1 << 20)
             .build_layer();
-        io.ns("/", on_connect);
+        io.ns("/", on_connect.with(prepare));
         (layer, io)
     }
 
@@ -229,6 +233,14 @@ impl SocketApi {
                 "the session is not ready",
             )),
         }
+    }
+
+    /// The connection's session, with its activity recorded: every event a client sends goes
+    /// through this.
+    async fn active_conn(&self, socket: &SocketRef) -> Result<Arc<Conn>, ApiError> {
+        let conn = self.conn(socket).await?;
+        self.sessions.touch(&conn.session_id).await;
+        Ok(conn)
     }
 
     /// Resumes the session named in `auth`, or opens a new one.
@@ -541,21 +553,33 @@ fn parse_approval(data: Result<Value, impl std::fmt::Display>) -> Result<(String
 // -------------------------------------------------------------------------------------------
 // Handlers, one per event.
 
-async fn on_connect(
-    socket: SocketRef,
-    TryData(auth): TryData<Value>,
-    State(api): State<Arc<SocketApi>>,
-) {
-    let started = Instant::now();
+/// Connect middleware: runs before the client is told it is connected, so the handlers are in
+/// place before its first event can arrive (the connect handler itself runs after the CONNECT
+/// packet is sent, and an event that found no handler would be lost).
+async fn prepare(socket: SocketRef) -> Result<(), Infallible> {
     let (tx, rx) = watch::channel(Slot::Pending);
     socket.extensions.insert(ConnSlot(rx));
+    socket.extensions.insert(SlotSender(Arc::new(tx)));
     socket.on("exec", on_exec);
     socket.on("message", on_message);
     socket.on("tool:approval", on_approval);
     socket.on("session:end", on_end);
     socket.on_fallback(on_unknown);
     socket.on_disconnect(on_disconnect);
+    Ok(())
+}
 
+async fn on_connect(
+    socket: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(api): State<Arc<SocketApi>>,
+) {
+    let started = Instant::now();
+    let Some(SlotSender(tx)) = socket.extensions.get::<SlotSender>() else {
+        tracing::warn!("connection without a session slot");
+        let _ = socket.disconnect();
+        return;
+    };
     match api.establish(&socket, auth.ok()).await {
         Ok((session, token, acquire_ms, resumed)) => {
             let conn = Arc::new(Conn {
@@ -604,11 +628,10 @@ async fn on_exec(
     reply: Reply,
     State(api): State<Arc<SocketApi>>,
 ) {
-    let conn = match api.conn(&socket).await {
+    let conn = match api.active_conn(&socket).await {
         Ok(c) => c,
         Err(e) => return api.fail(&socket, Some(reply), e, None),
     };
-    api.sessions.touch(&conn.session_id).await;
     let req = match parse_exec(data, &api.limits) {
         Ok(r) => r,
         Err(e) => return api.fail(&socket, Some(reply), e, None),
@@ -643,11 +666,10 @@ async fn on_message(
     reply: Reply,
     State(api): State<Arc<SocketApi>>,
 ) {
-    let conn = match api.conn(&socket).await {
+    let conn = match api.active_conn(&socket).await {
         Ok(c) => c,
         Err(e) => return api.fail(&socket, Some(reply), e, None),
     };
-    api.sessions.touch(&conn.session_id).await;
     let text = match parse_message(data, &api.limits) {
         Ok(t) => t,
         Err(e) => return api.fail(&socket, Some(reply), e, None),
@@ -700,11 +722,10 @@ async fn on_approval(
     reply: Reply,
     State(api): State<Arc<SocketApi>>,
 ) {
-    let conn = match api.conn(&socket).await {
+    let conn = match api.active_conn(&socket).await {
         Ok(c) => c,
         Err(e) => return api.fail(&socket, Some(reply), e, None),
     };
-    api.sessions.touch(&conn.session_id).await;
     let (call_id, approved) = match parse_approval(data) {
         Ok(v) => v,
         Err(e) => return api.fail(&socket, Some(reply), e, None),

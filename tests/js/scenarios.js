@@ -70,6 +70,21 @@ const scenarios = {
   // connect → session; exec streams and acks; message → request → approve → output + result;
   // reject; used and unknown callIds; unknown events; bad requests with and without ack; end.
   async basics() {
+    // Events sent the moment the socket connects (before `session`) are not lost: they wait
+    // for the session. Several sockets at once, to give the race a chance (the pool holds 6).
+    const early = await Promise.all(Array.from({ length: 4 }, () => new Promise((resolve, reject) => {
+      const e = connect();
+      e.on("connect", () => {
+        e.emit("message", "echo early-proposal");
+        e.timeout(TIMEOUT).emitWithAck("exec", { command: "echo early" }).then((r) => resolve([e, r]), reject);
+      });
+    })));
+    for (const [e, r] of early) {
+      assert.equal(r.stdout, "early\n");
+      await until(() => e.requests.length === 1, "tool:request for a message sent at connect");
+      await ack(e, "session:end");
+    }
+
     const s = await session();
     assert.match(s.session.sessionId, /^[0-9a-f-]{36}$/);
     assert.equal(s.session.resumeToken.length, 64);
