@@ -396,13 +396,19 @@ async fn janitor_ends_idle_and_disconnected_sessions_and_releases_their_sandboxe
         let instance = unique_instance("janitor");
         let cleanup = Cleanup::new(&instance);
         let mut settings = fast_settings();
-        settings.idle_ttl = Duration::from_millis(800);
+        // The idle TTL is well above the grace, so that a slow machine cannot make the dropped
+        // session idle-expire before its grace ends.
+        settings.idle_ttl = Duration::from_millis(2500);
         settings.janitor_interval = Duration::from_millis(100);
         let (m, hooks) = manager(store, &manager_config(&instance, 2, 3), settings, &cleanup).await;
 
         let dropped = m.open().await.expect("open");
         let idle = m.open().await.expect("open");
         let busy = m.open().await.expect("open");
+        // The clocks start now, however long the opens took.
+        for s in [&dropped, &idle, &busy] {
+            m.touch(&s.session.id).await;
+        }
         m.detach(&dropped.session.id).await;
 
         // Within the grace and the idle TTL everything survives; `busy` keeps being touched.
