@@ -418,12 +418,26 @@ impl ContainerPool {
                     let id = lease.container_id.clone();
                     if tx.send(Ok(lease)).is_err() {
                         // The caller left: a fresh, never-used container is clean.
-                        let mut s = pool.state();
-                        if let Some(mut sandbox) = s.leased.remove(&id) {
-                            sandbox.uses = 0;
-                            s.idle.push_back(sandbox);
+                        let surplus = {
+                            let mut s = pool.state();
+                            match s.leased.remove(&id) {
+                                Some(mut sandbox)
+                                    if s.idle.len() < pool.inner.config.idle_cap() =>
+                                {
+                                    sandbox.uses = 0;
+                                    s.idle.push_back(sandbox);
+                                    None
+                                }
+                                Some(sandbox) => {
+                                    s.destroying.insert(sandbox.id.clone());
+                                    Some(sandbox.id)
+                                }
+                                None => None,
+                            }
+                        };
+                        if let Some(id) = surplus {
+                            pool.destroy(id).await;
                         }
-                        drop(s);
                         pool.inner.available.notify_one();
                     }
                 }
@@ -790,11 +804,12 @@ impl ContainerPool {
         for (sandbox, verdict) in results {
             let mut s = self.state();
             s.scrubbing.remove(&sandbox.id);
-            if let Ok(Verdict::Clean) = verdict {
+            let clean = matches!(verdict, Ok(Verdict::Clean));
+            if clean && s.idle.len() < self.inner.config.idle_cap() {
                 s.idle.push_back(sandbox);
                 adopted += 1;
             } else {
-                tracing::info!(container_id = %sandbox.id, ?verdict, "left-over container not clean, removing it");
+                tracing::info!(container_id = %sandbox.id, ?verdict, "left-over container not adopted (not clean, or the idle set is full), removing it");
                 s.destroying.insert(sandbox.id.clone());
                 drop(s);
                 self.spawn_destroy(sandbox.id);
@@ -808,6 +823,7 @@ impl ContainerPool {
     /// at once. Stops refilling while the breaker is open.
     async fn refill_loop(&self) {
         let c = self.inner.config.clone();
+        let cap = c.idle_cap();
         let mut warm_logged = false;
         loop {
             let want = {
@@ -839,7 +855,10 @@ impl ContainerPool {
                     for result in results {
                         s.creating -= 1;
                         match result {
-                            Ok(sandbox) if !s.closed => s.idle.push_back(sandbox),
+                            // Recycles may have filled the idle set while this was created.
+                            Ok(sandbox) if !s.closed && s.idle.len() < cap => {
+                                s.idle.push_back(sandbox)
+                            }
                             Ok(sandbox) => {
                                 s.destroying.insert(sandbox.id.clone());
                                 self.spawn_destroy(sandbox.id);
