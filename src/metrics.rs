@@ -55,6 +55,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// A latency histogram per outcome.
+fn outcome_histograms() -> Family<OutcomeLabel, Histogram> {
+    Family::new_with_constructor(latency_histogram as fn() -> Histogram)
+}
+
 impl Metrics {
     pub fn new(gate: Arc<DockerGate>) -> Arc<Self> {
         let mut registry = Registry::with_prefix("sandpool");
@@ -88,25 +93,19 @@ impl Metrics {
             "1 for the circuit breaker's current state, 0 for the others",
             docker_breaker_state.clone(),
         );
-        let acquire_seconds = Family::<OutcomeLabel, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let acquire_seconds = outcome_histograms();
         registry.register(
             "pool_acquire_seconds",
             "Time to lease a sandbox, by outcome",
             acquire_seconds.clone(),
         );
-        let recycle_seconds = Family::<OutcomeLabel, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let recycle_seconds = outcome_histograms();
         registry.register(
             "pool_recycle_seconds",
             "Time from release to idle again (scrub and verify) or destroyed, by outcome",
             recycle_seconds.clone(),
         );
-        let create_seconds = Family::<OutcomeLabel, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let create_seconds = outcome_histograms();
         registry.register(
             "pool_create_seconds",
             "Time to create and start a sandbox, by outcome",
@@ -118,9 +117,7 @@ impl Metrics {
             "Time from a socket connecting to its `session` event",
             handout_seconds.clone(),
         );
-        let exec_seconds = Family::<OutcomeLabel, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let exec_seconds = outcome_histograms();
         registry.register(
             "exec_seconds",
             "Commands run for sessions (exec and approved tool calls), by outcome: ok, timeout, error, rejected",

@@ -49,6 +49,14 @@ async fn wait_text(client: &fantoccini::Client, css: &str, needle: &str) -> Stri
     .await
 }
 
+/// Types `text` into the input `input` and clicks the `button`.
+async fn type_and_send(client: &fantoccini::Client, input: &str, button: &str, text: &str) {
+    let field = client.find(Locator::Css(input)).await.expect("input");
+    field.send_keys(text).await.expect("typing");
+    let send = client.find(Locator::Css(button)).await.expect("button");
+    send.click().await.expect("click");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_page_sends_approves_and_streams_output_in_chromium() {
     let instance = unique_instance("browser");
@@ -92,7 +100,6 @@ async fn chat_page_sends_approves_and_streams_output_in_chromium() {
 
     let url = format!("http://{}/", service.addr);
     client.goto(&url).await.expect("page loads");
-    let sandbox = wait_text(&client, "#sandbox", "sandbox: ").await;
     within(30, "session shown", async {
         loop {
             let t = client
@@ -109,31 +116,22 @@ async fn chat_page_sends_approves_and_streams_output_in_chromium() {
         }
     })
     .await;
-    let _ = sandbox;
     wait_text(&client, "#conn", "connected").await;
 
     // Chat: the agent proposes; the user approves; the output streams into the terminal.
-    let input = client.find(Locator::Css("#chat-input")).await.unwrap();
-    input
-        .send_keys("for i in 1 2 3; do echo hello-from-browser-$i; done; id -un")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("#chat-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let approve = within(30, "approve button", async {
-        loop {
-            if let Ok(b) = client.find(Locator::Css(".proposal button.approve")).await {
-                return b;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    type_and_send(
+        &client,
+        "#chat-input",
+        "#chat-form button",
+        "for i in 1 2 3; do echo hello-from-browser-$i; done; id -un",
+    )
     .await;
+    let approve = client
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(".proposal button.approve"))
+        .await
+        .expect("approve button");
     let proposal = wait_text(&client, ".proposal code", "hello-from-browser").await;
     assert!(proposal.contains("id -un"), "{proposal}");
     approve.click().await.unwrap();
@@ -146,18 +144,13 @@ async fn chat_page_sends_approves_and_streams_output_in_chromium() {
     wait_text(&client, ".proposal .status", "ok, exit 0").await;
 
     // A rejected proposal runs nothing.
-    let input = client.find(Locator::Css("#chat-input")).await.unwrap();
-    input
-        .send_keys("touch /workspace/should-not-exist")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("#chat-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_and_send(
+        &client,
+        "#chat-input",
+        "#chat-form button",
+        "touch /workspace/should-not-exist",
+    )
+    .await;
     let reject = within(30, "second proposal", async {
         loop {
             let buttons = client
@@ -175,17 +168,13 @@ async fn chat_page_sends_approves_and_streams_output_in_chromium() {
     wait_text(&client, "#chat", "rejected").await;
 
     // A command run directly.
-    let exec = client.find(Locator::Css("#exec-input")).await.unwrap();
-    exec.send_keys("pwd; ls -A /workspace | wc -l")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("#exec-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_and_send(
+        &client,
+        "#exec-input",
+        "#exec-form button",
+        "pwd; ls -A /workspace | wc -l",
+    )
+    .await;
     let terminal = wait_text(&client, "#terminal", "/workspace\n0\n").await;
     assert!(terminal.contains("exit 0"), "{terminal}");
 

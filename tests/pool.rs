@@ -23,12 +23,7 @@ async fn prewarm_reaches_min_idle_with_hardened_labeled_containers() {
     let mut config = test_config(&instance);
     config.pool.min_idle = 3;
     config.pool.max = 5;
-    let pool = start_pool(&config).await;
-    cleanup.watch(&pool);
-    assert!(
-        pool.wait_idle(3, Duration::from_secs(60)).await,
-        "pool warms"
-    );
+    let pool = warm_pool(&config, &cleanup).await;
     let status = pool.status();
     assert_eq!(status.idle, 3);
     assert!(status.total <= 5);
@@ -63,11 +58,7 @@ async fn prewarm_reaches_min_idle_with_hardened_labeled_containers() {
         vec!["1000", "/workspace", "ws-ok", "root-ro", "lo"],
         "{stdout}"
     );
-    pool.shutdown(Duration::from_secs(20)).await;
-    assert!(
-        labeled_containers(&instance).is_empty(),
-        "shutdown removes all"
-    );
+    shutdown_leaves_nothing(&pool, &instance).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +69,7 @@ async fn fifty_concurrent_acquires_are_exclusive_and_bounded() {
     config.pool.min_idle = 2;
     config.pool.max = 5;
     config.pool.max_idle = 5;
-    let pool = start_pool(&config).await;
-    cleanup.watch(&pool);
-    assert!(pool.wait_idle(2, Duration::from_secs(60)).await);
+    let pool = warm_pool(&config, &cleanup).await;
 
     let held: Arc<Mutex<HashSet<String>>> = Arc::default();
     let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -130,8 +119,7 @@ async fn fifty_concurrent_acquires_are_exclusive_and_bounded() {
         "never more than max containers: saw {max_total}"
     );
     assert!(seen.lock().unwrap().len() <= 5);
-    pool.shutdown(Duration::from_secs(20)).await;
-    assert!(labeled_containers(&instance).is_empty());
+    shutdown_leaves_nothing(&pool, &instance).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,9 +133,7 @@ async fn acquire_from_warm_pool_makes_no_docker_call() {
     config.pool.min_idle = 1;
     config.pool.max_idle = 3;
     config.pool.max = 3;
-    let pool = start_pool(&config).await;
-    cleanup.watch(&pool);
-    assert!(pool.wait_idle(1, Duration::from_secs(60)).await);
+    let pool = warm_pool(&config, &cleanup).await;
     let (a, b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
     for l in [&a, &b] {
         assert_eq!(
@@ -207,9 +193,7 @@ async fn release_wipes_files_and_kills_processes_before_the_next_holder() {
     let mut config = test_config(&instance);
     config.pool.min_idle = 1;
     config.pool.max = 1;
-    let pool = start_pool(&config).await;
-    cleanup.watch(&pool);
-    assert!(pool.wait_idle(1, Duration::from_secs(60)).await);
+    let pool = warm_pool(&config, &cleanup).await;
 
     let first = pool.acquire().await.expect("acquire");
     let planted = sh(&pool, &first.container_id, LEAK_SCRIPT).await;
@@ -278,8 +262,7 @@ async fn release_wipes_files_and_kills_processes_before_the_next_holder() {
         "{procs:?}"
     );
     assert!(seen.contains("755\n755\n1777"), "modes restored: {seen}");
-    pool.shutdown(Duration::from_secs(20)).await;
-    assert!(labeled_containers(&instance).is_empty());
+    shutdown_leaves_nothing(&pool, &instance).await;
 }
 
 /// A static x86-64 program that creates a System V shared memory segment and exits. Such a
@@ -334,9 +317,7 @@ async fn container_failing_verification_is_destroyed_not_handed_out() {
     let mut config = test_config(&instance);
     config.pool.min_idle = 1;
     config.pool.max = 2;
-    let pool = start_pool(&config).await;
-    cleanup.watch(&pool);
-    assert!(pool.wait_idle(1, Duration::from_secs(60)).await);
+    let pool = warm_pool(&config, &cleanup).await;
 
     let lease = pool.acquire().await.expect("acquire");
     let b64 = shm_maker_base64();
@@ -370,8 +351,7 @@ async fn container_failing_verification_is_destroyed_not_handed_out() {
             RecycleOutcome::Recycled
         );
     }
-    pool.shutdown(Duration::from_secs(20)).await;
-    assert!(labeled_containers(&instance).is_empty());
+    shutdown_leaves_nothing(&pool, &instance).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,9 +361,7 @@ async fn containers_killed_from_outside_are_replaced() {
     let mut config = test_config(&instance);
     config.pool.min_idle = 2;
     config.pool.max = 4;
-    let pool = start_pool(&config).await;
-    cleanup.watch(&pool);
-    assert!(pool.wait_idle(2, Duration::from_secs(60)).await);
+    let pool = warm_pool(&config, &cleanup).await;
     let mut events = pool.subscribe();
 
     // An idle one: dropped from the idle set and replaced.
@@ -414,8 +392,7 @@ async fn containers_killed_from_outside_are_replaced() {
         other => panic!("a dead container was recycled: {other:?}"),
     }
     assert!(pool.wait_idle(2, Duration::from_secs(30)).await);
-    pool.shutdown(Duration::from_secs(20)).await;
-    assert!(labeled_containers(&instance).is_empty());
+    shutdown_leaves_nothing(&pool, &instance).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,9 +405,7 @@ async fn after_a_crash_a_new_pool_adopts_or_removes_every_leftover() {
 
     // The "crashed" run: a pool whose process died without shutting down. Its containers are
     // left running, one of them dirty, plus a stopped one and one of another image.
-    let crashed = start_pool(&config).await;
-    cleanup.watch(&crashed);
-    assert!(crashed.wait_idle(2, Duration::from_secs(60)).await);
+    let crashed = warm_pool(&config, &cleanup).await;
     let lease = crashed.acquire().await.expect("acquire");
     sh(
         &crashed,
@@ -489,11 +464,7 @@ async fn after_a_crash_a_new_pool_adopts_or_removes_every_leftover() {
         !labeled_containers(&instance).contains(&stopped),
         "the stopped leftover is removed"
     );
-    fresh.shutdown(Duration::from_secs(20)).await;
-    assert!(
-        labeled_containers(&instance).is_empty(),
-        "no orphans after shutdown"
-    );
+    shutdown_leaves_nothing(&fresh, &instance).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,9 +475,7 @@ async fn a_burst_does_not_leave_the_idle_set_large() {
     config.pool.min_idle = 1;
     config.pool.max_idle = 2;
     config.pool.max = 5;
-    let pool = start_pool(&config).await;
-    cleanup.watch(&pool);
-    assert!(pool.wait_idle(1, Duration::from_secs(60)).await);
+    let pool = warm_pool(&config, &cleanup).await;
     let mut leases = Vec::new();
     for _ in 0..4 {
         leases.push(pool.acquire().await.expect("acquire"));

@@ -26,6 +26,21 @@ async fn redis_store(server: &RedisServer) -> Arc<dyn SessionStore> {
     )
 }
 
+/// The Redis store on `server`, or the in-process one.
+async fn store_of(redis: bool, server: &RedisServer) -> Arc<dyn SessionStore> {
+    if redis {
+        redis_store(server).await
+    } else {
+        Arc::new(MemoryStore::new())
+    }
+}
+
+/// Ends every session of `m` and removes its pool's containers.
+async fn stop(m: &SessionManager) {
+    m.shutdown(Duration::from_secs(10)).await;
+    m.pool().shutdown(Duration::from_secs(20)).await;
+}
+
 fn session(owner: &str, last_active_ms: i64) -> Session {
     let mut s = Session::new(
         owner,
@@ -380,19 +395,14 @@ async fn resume_needs_the_token_and_keeps_the_sandbox() {
         matches!(after, Err(SessionError::Expired(_))),
         "an ended session cannot be resumed"
     );
-    m.shutdown(Duration::from_secs(10)).await;
-    m.pool().shutdown(Duration::from_secs(20)).await;
+    stop(&m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn janitor_ends_idle_and_disconnected_sessions_and_releases_their_sandboxes() {
     for redis in [false, true] {
         let server = RedisServer::start().await;
-        let store: Arc<dyn SessionStore> = if redis {
-            redis_store(&server).await
-        } else {
-            Arc::new(MemoryStore::new())
-        };
+        let store = store_of(redis, &server).await;
         let instance = unique_instance("janitor");
         let cleanup = Cleanup::new(&instance);
         let mut settings = fast_settings();
@@ -515,8 +525,7 @@ async fn two_janitors_on_one_redis_end_each_session_once() {
     assert_eq!(seen.keys().cloned().collect::<HashSet<_>>(), ids);
     assert_eq!(store.count().await.unwrap(), 0);
     for m in [b, c] {
-        m.shutdown(Duration::from_secs(10)).await;
-        m.pool().shutdown(Duration::from_secs(20)).await;
+        stop(&m).await;
     }
 }
 
@@ -524,11 +533,7 @@ async fn two_janitors_on_one_redis_end_each_session_once() {
 async fn a_pass_over_ten_thousand_sessions_blocks_nothing_else() {
     for redis in [false, true] {
         let server = RedisServer::start().await;
-        let store: Arc<dyn SessionStore> = if redis {
-            redis_store(&server).await
-        } else {
-            Arc::new(MemoryStore::new())
-        };
+        let store = store_of(redis, &server).await;
         let instance = unique_instance("tenk");
         let cleanup = Cleanup::new(&instance);
         let mut settings = fast_settings();
@@ -583,8 +588,7 @@ async fn a_pass_over_ten_thousand_sessions_blocks_nothing_else() {
             reads >= 10,
             "other requests were starved during the pass: {reads} reads ({redis})"
         );
-        m.shutdown(Duration::from_secs(10)).await;
-        m.pool().shutdown(Duration::from_secs(20)).await;
+        stop(&m).await;
     }
 }
 
@@ -663,8 +667,7 @@ async fn a_stopped_instances_session_is_taken_over_with_its_container() {
         }
     })
     .await;
-    b.shutdown(Duration::from_secs(10)).await;
-    b.pool().shutdown(Duration::from_secs(20)).await;
+    stop(&b).await;
     drop(ca); // removes what a left (its idle containers)
     assert!(labeled_containers(&ia).is_empty());
 }
@@ -740,8 +743,7 @@ async fn redis_restarted_under_a_running_manager() {
     for id in [&opened.session.id, &again.session.id] {
         assert!(m.end(id, EndReason::Ended).await.unwrap());
     }
-    m.shutdown(Duration::from_secs(10)).await;
-    m.pool().shutdown(Duration::from_secs(20)).await;
+    stop(&m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,8 +770,7 @@ async fn no_keys_command_is_ever_sent() {
     m.catch_up().await;
     m.store().owned_by(&instance).await.unwrap();
     m.end(&opened.session.id, EndReason::Ended).await.unwrap();
-    m.shutdown(Duration::from_secs(10)).await;
-    m.pool().shutdown(Duration::from_secs(20)).await;
+    stop(&m).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let seen = monitor.finish();
     assert!(
@@ -933,6 +934,5 @@ async fn release_after_end_scrubs_before_the_next_session() {
     )
     .await;
     assert_eq!(text(&out.stdout).trim(), "0");
-    m.shutdown(Duration::from_secs(10)).await;
-    m.pool().shutdown(Duration::from_secs(20)).await;
+    stop(&m).await;
 }

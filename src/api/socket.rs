@@ -622,42 +622,74 @@ async fn on_connect(
     }
 }
 
+/// A refused request: the error, and the call it concerns if one was named or made.
+struct Refusal {
+    error: ApiError,
+    call_id: Option<String>,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Self {
+            error,
+            call_id: None,
+        }
+    }
+}
+
+impl Refusal {
+    fn for_call(error: ApiError, call_id: &str) -> Self {
+        Self {
+            error,
+            call_id: Some(call_id.to_string()),
+        }
+    }
+}
+
+impl SocketApi {
+    /// Answers a request: its ack body, or its refusal (see [`SocketApi::fail`]).
+    fn answer(&self, socket: &SocketRef, reply: Reply, result: Result<Value, Refusal>) {
+        match result {
+            Ok(body) => reply.send(&body),
+            Err(r) => self.fail(socket, Some(reply), r.error, r.call_id.as_deref()),
+        }
+    }
+}
+
 async fn on_exec(
     socket: SocketRef,
     TryData(data): TryData<Value>,
     reply: Reply,
     State(api): State<Arc<SocketApi>>,
 ) {
-    let conn = match api.active_conn(&socket).await {
-        Ok(c) => c,
-        Err(e) => return api.fail(&socket, Some(reply), e, None),
-    };
-    let req = match parse_exec(data, &api.limits) {
-        Ok(r) => r,
-        Err(e) => return api.fail(&socket, Some(reply), e, None),
-    };
-    let permit = match api.permit(&conn) {
-        Ok(p) => p,
-        Err(e) => return api.fail(&socket, Some(reply), e, None),
-    };
+    let result = exec_request(&api, &socket, data).await;
+    api.answer(&socket, reply, result);
+}
+
+async fn exec_request(
+    api: &SocketApi,
+    socket: &SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<Value, Refusal> {
+    let conn = api.active_conn(socket).await?;
+    let req = parse_exec(data, &api.limits)?;
+    let permit = api.permit(&conn)?;
     let call_id = new_call_id();
     let result = api
-        .run(&socket, &conn, &call_id, &req.command, req.timeout)
+        .run(socket, &conn, &call_id, &req.command, req.timeout)
         .await;
     drop(permit);
-    match result {
-        Ok(out) => reply.send(&json!({
-            "ok": true,
-            "callId": call_id,
-            "status": out.status,
-            "exitCode": out.exit_code,
-            "stdout": String::from_utf8_lossy(&out.stdout),
-            "stderr": String::from_utf8_lossy(&out.stderr),
-            "truncated": out.truncated,
-            "durationMs": out.duration_ms,
-        })),
-        Err(e) => api.fail(&socket, Some(reply), e, Some(&call_id)),
-    }
+    let out = result.map_err(|e| Refusal::for_call(e, &call_id))?;
+    Ok(json!({
+        "ok": true,
+        "callId": call_id,
+        "status": out.status,
+        "exitCode": out.exit_code,
+        "stdout": String::from_utf8_lossy(&out.stdout),
+        "stderr": String::from_utf8_lossy(&out.stderr),
+        "truncated": out.truncated,
+        "durationMs": out.duration_ms,
+    }))
 }
 
 async fn on_message(
@@ -666,25 +698,22 @@ async fn on_message(
     reply: Reply,
     State(api): State<Arc<SocketApi>>,
 ) {
-    let conn = match api.active_conn(&socket).await {
-        Ok(c) => c,
-        Err(e) => return api.fail(&socket, Some(reply), e, None),
-    };
-    let text = match parse_message(data, &api.limits) {
-        Ok(t) => t,
-        Err(e) => return api.fail(&socket, Some(reply), e, None),
-    };
-    let proposals = match api.agent.propose(&text).await {
-        Ok(p) => p,
-        Err(e) => {
-            return api.fail(
-                &socket,
-                Some(reply),
-                ApiError::new(ErrorCode::Internal, e.to_string()),
-                None,
-            );
-        }
-    };
+    let result = message_request(&api, &socket, data).await;
+    api.answer(&socket, reply, result);
+}
+
+async fn message_request(
+    api: &SocketApi,
+    socket: &SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<Value, Refusal> {
+    let conn = api.active_conn(socket).await?;
+    let text = parse_message(data, &api.limits)?;
+    let proposals = api
+        .agent
+        .propose(&text)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     let mut call_ids = Vec::new();
     for proposal in proposals {
         let ToolProposal::Exec { command } = &proposal;
@@ -692,18 +721,11 @@ async fn on_message(
         {
             let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
             if pending.len() >= MAX_PENDING_PER_SESSION {
-                drop(pending);
-                return api.fail(
-                    &socket,
-                    Some(reply),
-                    ApiError::new(
-                        ErrorCode::TooManyRequests,
-                        format!(
-                            "at most {MAX_PENDING_PER_SESSION} tool calls may wait for approval"
-                        ),
-                    ),
-                    None,
-                );
+                return Err(ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!("at most {MAX_PENDING_PER_SESSION} tool calls may wait for approval"),
+                )
+                .into());
             }
             pending.insert(call_id.clone(), command.clone());
         }
@@ -713,7 +735,18 @@ async fn on_message(
         );
         call_ids.push(call_id);
     }
-    reply.send(&json!({"ok": true, "callIds": call_ids}));
+    Ok(json!({"ok": true, "callIds": call_ids}))
+}
+
+/// An accepted approval: the call is rejected, or it runs under `permit`.
+enum Approval {
+    Rejected(String),
+    Run {
+        conn: Arc<Conn>,
+        call_id: String,
+        command: String,
+        permit: OwnedSemaphorePermit,
+    },
 }
 
 async fn on_approval(
@@ -722,14 +755,48 @@ async fn on_approval(
     reply: Reply,
     State(api): State<Arc<SocketApi>>,
 ) {
-    let conn = match api.active_conn(&socket).await {
-        Ok(c) => c,
-        Err(e) => return api.fail(&socket, Some(reply), e, None),
-    };
-    let (call_id, approved) = match parse_approval(data) {
-        Ok(v) => v,
-        Err(e) => return api.fail(&socket, Some(reply), e, None),
-    };
+    match approval_request(&api, &socket, data).await {
+        Err(r) => api.fail(&socket, Some(reply), r.error, r.call_id.as_deref()),
+        Ok(Approval::Rejected(call_id)) => {
+            api.metrics.exec_done("rejected", Duration::ZERO);
+            reply.send(&json!({"ok": true, "callId": call_id}));
+            let _ = socket.emit(
+                "tool:result",
+                &json!({"callId": call_id, "status": "rejected"}),
+            );
+        }
+        Ok(Approval::Run {
+            conn,
+            call_id,
+            command,
+            permit,
+        }) => {
+            // Accepted: the ack now, the result as `tool:result` when the command ends.
+            reply.send(&json!({"ok": true, "callId": call_id}));
+            let timeout = Duration::from_millis(api.limits.exec_default_timeout_ms as u64);
+            let result = api.run(&socket, &conn, &call_id, &command, timeout).await;
+            drop(permit);
+            let body = match result {
+                Ok(out) => {
+                    json!({"callId": call_id, "status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms})
+                }
+                Err(e) => {
+                    api.metrics.api_error(e.code.as_str());
+                    json!({"callId": call_id, "status": "error", "exitCode": null, "error": {"code": e.code.as_str(), "message": e.message}})
+                }
+            };
+            let _ = socket.emit("tool:result", &body);
+        }
+    }
+}
+
+async fn approval_request(
+    api: &SocketApi,
+    socket: &SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<Approval, Refusal> {
+    let conn = api.active_conn(socket).await?;
+    let (call_id, approved) = parse_approval(data)?;
     // Only this session's own proposals are here, and each is taken once.
     let command = conn
         .pending
@@ -741,42 +808,27 @@ async fn on_approval(
             ErrorCode::NotFound,
             "no tool call with that callId is waiting for approval",
         );
-        return api.fail(&socket, Some(reply), e, Some(&call_id));
+        return Err(Refusal::for_call(e, &call_id));
     };
     if !approved {
-        api.metrics.exec_done("rejected", Duration::ZERO);
-        reply.send(&json!({"ok": true, "callId": call_id}));
-        let _ = socket.emit(
-            "tool:result",
-            &json!({"callId": call_id, "status": "rejected"}),
-        );
-        return;
+        return Ok(Approval::Rejected(call_id));
     }
-    let permit = match api.permit(&conn) {
-        Ok(p) => p,
+    match api.permit(&conn) {
+        Ok(permit) => Ok(Approval::Run {
+            conn,
+            call_id,
+            command,
+            permit,
+        }),
         Err(e) => {
             // Not run: it stays waiting, so the client can approve it again later.
             conn.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(call_id.clone(), command);
-            return api.fail(&socket, Some(reply), e, Some(&call_id));
+            Err(Refusal::for_call(e, &call_id))
         }
-    };
-    reply.send(&json!({"ok": true, "callId": call_id}));
-    let timeout = Duration::from_millis(api.limits.exec_default_timeout_ms as u64);
-    let result = api.run(&socket, &conn, &call_id, &command, timeout).await;
-    drop(permit);
-    let body = match result {
-        Ok(out) => {
-            json!({"callId": call_id, "status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms})
-        }
-        Err(e) => {
-            api.metrics.api_error(e.code.as_str());
-            json!({"callId": call_id, "status": "error", "exitCode": null, "error": {"code": e.code.as_str(), "message": e.message}})
-        }
-    };
-    let _ = socket.emit("tool:result", &body);
+    }
 }
 
 async fn on_end(socket: SocketRef, reply: Reply, State(api): State<Arc<SocketApi>>) {

@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -169,6 +170,30 @@ impl State {
             + self.scrubbing.len()
             + self.destroying.len()
     }
+    /// Leases `sandbox` to a caller who waited `waited`.
+    fn lease(&mut self, mut sandbox: Sandbox, waited: Duration) -> Lease {
+        sandbox.uses += 1;
+        let lease = Lease {
+            container_id: sandbox.id.clone(),
+            container_name: sandbox.name.clone(),
+            uses: sandbox.uses,
+            waited,
+        };
+        self.leased.insert(sandbox.id.clone(), sandbox);
+        lease
+    }
+
+    /// Puts a clean container in the idle set while the pool is open and the set is below
+    /// `cap`; otherwise moves it to `destroying` and returns its id, for the caller to destroy.
+    fn park(&mut self, sandbox: Sandbox, cap: usize) -> Option<String> {
+        if !self.closed && self.idle.len() < cap {
+            self.idle.push_back(sandbox);
+            return None;
+        }
+        self.destroying.insert(sandbox.id.clone());
+        Some(sandbox.id)
+    }
+
     fn knows(&self, id: &str) -> bool {
         self.leased.contains_key(id)
             || self.scrubbing.contains(id)
@@ -345,15 +370,8 @@ impl ContainerPool {
                 if s.closed {
                     return Err(PoolError::Closed);
                 }
-                if let Some(mut sandbox) = s.idle.pop_front() {
-                    sandbox.uses += 1;
-                    let lease = Lease {
-                        container_id: sandbox.id.clone(),
-                        container_name: sandbox.name.clone(),
-                        uses: sandbox.uses,
-                        waited: started.elapsed(),
-                    };
-                    s.leased.insert(sandbox.id.clone(), sandbox);
+                if let Some(sandbox) = s.idle.pop_front() {
+                    let lease = s.lease(sandbox, started.elapsed());
                     drop(s);
                     self.inner.refill.notify_one();
                     return Ok(lease);
@@ -391,17 +409,7 @@ impl ContainerPool {
                 let mut s = pool.state();
                 s.creating -= 1;
                 match created {
-                    Ok(mut sandbox) if !s.closed => {
-                        sandbox.uses = 1;
-                        let lease = Lease {
-                            container_id: sandbox.id.clone(),
-                            container_name: sandbox.name.clone(),
-                            uses: 1,
-                            waited: started.elapsed(),
-                        };
-                        s.leased.insert(sandbox.id.clone(), sandbox);
-                        Ok(lease)
-                    }
+                    Ok(sandbox) if !s.closed => Ok(s.lease(sandbox, started.elapsed())),
                     Ok(sandbox) => {
                         s.destroying.insert(sandbox.id.clone());
                         Err(sandbox.id)
@@ -420,20 +428,11 @@ impl ContainerPool {
                         // The caller left: a fresh, never-used container is clean.
                         let surplus = {
                             let mut s = pool.state();
-                            match s.leased.remove(&id) {
-                                Some(mut sandbox)
-                                    if s.idle.len() < pool.inner.config.idle_cap() =>
-                                {
-                                    sandbox.uses = 0;
-                                    s.idle.push_back(sandbox);
-                                    None
-                                }
-                                Some(sandbox) => {
-                                    s.destroying.insert(sandbox.id.clone());
-                                    Some(sandbox.id)
-                                }
-                                None => None,
-                            }
+                            let cap = pool.inner.config.idle_cap();
+                            s.leased.remove(&id).and_then(|mut sandbox| {
+                                sandbox.uses = 0;
+                                s.park(sandbox, cap)
+                            })
                         };
                         if let Some(id) = surplus {
                             pool.destroy(id).await;
@@ -547,18 +546,19 @@ impl ContainerPool {
             let mut s = self.state();
             s.scrubbing.remove(&sandbox.id);
             s.execs.remove(&sandbox.id);
-            let idle_full = s.idle.len() >= self.inner.config.idle_cap();
+            let idle = s.idle.len();
+            let reason = reason
+                .or_else(|| s.closed.then(|| "pool closed".to_string()))
+                .or_else(|| {
+                    (idle >= self.inner.config.idle_cap())
+                        .then(|| format!("idle set full ({idle} idle)"))
+                });
             match reason {
-                None if !s.closed && !idle_full => {
+                None => {
                     s.idle.push_back(sandbox);
                     RecycleOutcome::Recycled
                 }
-                None if idle_full && !s.closed => {
-                    s.destroying.insert(sandbox.id.clone());
-                    RecycleOutcome::Destroyed(format!("idle set full ({} idle)", s.idle.len()))
-                }
-                reason => {
-                    let reason = reason.unwrap_or_else(|| "pool closed".into());
+                Some(reason) => {
                     s.destroying.insert(sandbox.id.clone());
                     RecycleOutcome::Destroyed(reason)
                 }
@@ -708,20 +708,17 @@ impl ContainerPool {
     /// container Docker will not remove for long is left to the reconcile loop, which removes
     /// containers of this instance that the pool does not know.
     async fn destroy(&self, id: String) {
-        let mut delay = Duration::from_millis(250);
-        for attempt in 1..=8 {
-            match self.inner.gate.remove_container(&id).await {
-                Ok(()) => break,
-                Err(error) if attempt == 8 || self.inner.cancel.is_cancelled() => {
-                    tracing::warn!(container_id = %id, %error, "removing a sandbox failed; the reconcile loop will retry");
-                    break;
-                }
-                Err(error) => {
-                    tracing::debug!(container_id = %id, %error, attempt, "removing a sandbox failed, retrying");
-                    sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(7);
+        let removed = (|| self.inner.gate.remove_container(&id))
+            .retry(backoff)
+            .sleep(sleep)
+            .when(|_| !self.inner.cancel.is_cancelled())
+            .await;
+        if let Err(error) = removed {
+            tracing::warn!(container_id = %id, %error, "removing a sandbox failed; the reconcile loop will retry");
         }
         self.state().destroying.remove(&id);
         self.inner.available.notify_one();
@@ -804,15 +801,19 @@ impl ContainerPool {
         for (sandbox, verdict) in results {
             let mut s = self.state();
             s.scrubbing.remove(&sandbox.id);
-            let clean = matches!(verdict, Ok(Verdict::Clean));
-            if clean && s.idle.len() < self.inner.config.idle_cap() {
-                s.idle.push_back(sandbox);
-                adopted += 1;
+            let surplus = if matches!(verdict, Ok(Verdict::Clean)) {
+                s.park(sandbox, self.inner.config.idle_cap())
             } else {
-                tracing::info!(container_id = %sandbox.id, ?verdict, "left-over container not adopted (not clean, or the idle set is full), removing it");
                 s.destroying.insert(sandbox.id.clone());
-                drop(s);
-                self.spawn_destroy(sandbox.id);
+                Some(sandbox.id)
+            };
+            drop(s);
+            match surplus {
+                None => adopted += 1,
+                Some(id) => {
+                    tracing::info!(container_id = %id, ?verdict, "left-over container not adopted (not clean, or the idle set is full), removing it");
+                    self.spawn_destroy(id);
+                }
             }
         }
         tracing::info!(adopted, "reconciled containers from an earlier run");
@@ -856,12 +857,10 @@ impl ContainerPool {
                         s.creating -= 1;
                         match result {
                             // Recycles may have filled the idle set while this was created.
-                            Ok(sandbox) if !s.closed && s.idle.len() < cap => {
-                                s.idle.push_back(sandbox)
-                            }
                             Ok(sandbox) => {
-                                s.destroying.insert(sandbox.id.clone());
-                                self.spawn_destroy(sandbox.id);
+                                if let Some(id) = s.park(sandbox, cap) {
+                                    self.spawn_destroy(id);
+                                }
                             }
                             Err(_) => failed = true,
                         }

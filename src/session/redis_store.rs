@@ -187,6 +187,28 @@ impl RedisStore {
         format!("{}heartbeat:{instance}", self.prefix)
     }
 
+    /// Runs one of the state-change scripts (touch, detach, reattach), which all take their
+    /// keys, then `now_ms` and the id, and answer 1 when the change applied.
+    async fn transition(
+        &self,
+        script: &Script,
+        keys: &[String],
+        id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        let n: i64 = invocation
+            .arg(now_ms)
+            .arg(id)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
     async fn claim_script(
         &self,
         ids: &[String],
@@ -305,46 +327,25 @@ impl SessionStore for RedisStore {
     }
 
     async fn touch(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .scripts
-            .touch
-            .key(self.session_key(id))
-            .key(self.idx("active"))
-            .arg(now_ms)
-            .arg(id)
-            .invoke_async(&mut self.conn.clone())
+        let keys = [self.session_key(id), self.idx("active")];
+        self.transition(&self.scripts.touch, &keys, id, now_ms)
             .await
-            .map_err(unavailable)?;
-        Ok(n == 1)
     }
 
     async fn detach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .scripts
-            .detach
-            .key(self.session_key(id))
-            .key(self.idx("detached"))
-            .arg(now_ms)
-            .arg(id)
-            .invoke_async(&mut self.conn.clone())
+        let keys = [self.session_key(id), self.idx("detached")];
+        self.transition(&self.scripts.detach, &keys, id, now_ms)
             .await
-            .map_err(unavailable)?;
-        Ok(n == 1)
     }
 
     async fn reattach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .scripts
-            .reattach
-            .key(self.session_key(id))
-            .key(self.idx("active"))
-            .key(self.idx("detached"))
-            .arg(now_ms)
-            .arg(id)
-            .invoke_async(&mut self.conn.clone())
+        let keys = [
+            self.session_key(id),
+            self.idx("active"),
+            self.idx("detached"),
+        ];
+        self.transition(&self.scripts.reattach, &keys, id, now_ms)
             .await
-            .map_err(unavailable)?;
-        Ok(n == 1)
     }
 
     async fn candidates(

@@ -143,6 +143,27 @@ pub async fn start_pool(config: &Config) -> ContainerPool {
         .expect("pool starts")
 }
 
+/// A started pool, watched by `cleanup`, with at least `min_idle` idle containers; fails the
+/// test if it does not warm within a minute.
+pub async fn warm_pool(config: &Config, cleanup: &Cleanup) -> ContainerPool {
+    let pool = start_pool(config).await;
+    cleanup.watch(&pool);
+    assert!(
+        pool.wait_idle(config.pool.min_idle, Duration::from_secs(60))
+            .await,
+        "pool warms to {} idle",
+        config.pool.min_idle
+    );
+    pool
+}
+
+/// Shuts `pool` down and checks that Docker has no container of `instance` left.
+pub async fn shutdown_leaves_nothing(pool: &ContainerPool, instance: &str) {
+    pool.shutdown(Duration::from_secs(20)).await;
+    let left = labeled_containers(instance);
+    assert!(left.is_empty(), "shutdown left containers: {left:?}");
+}
+
 /// Runs `script` with `sh -c` as the sandbox user in `/workspace`.
 pub async fn sh(pool: &ContainerPool, container: &str, script: &str) -> ExecOutput {
     let spec = ExecSpec {
