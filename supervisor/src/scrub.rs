@@ -1,0 +1,321 @@
+//! Returning a container to a clean state between tenants (`Scrub`) and checking that it is
+//! (`Verify`). The scrub kills every process but the container's init and the supervisor,
+//! empties the writable paths and restores their owner and mode; the verification is a
+//! separate pass that trusts nothing the cleaning did and looks afresh at `/proc`, the paths
+//! and System V IPC. Both refuse to run unless the supervisor is plainly inside a container.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use sandpool_supervisor::proto::{Frame, ScrubRequest, Verdict, WritablePath};
+
+use crate::{Ctx, Reply, Tenant, procs};
+
+/// The scrub thread's queue of `(id, request, clean)`.
+type Job = (u32, ScrubRequest, bool);
+static JOBS: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+/// The cleaning recurses through tenant-made trees of any depth.
+const STACK: usize = 64 << 20;
+const KILL_ROUNDS: usize = 200;
+
+/// Starts the one thread that runs scrubs and verifications, one at a time (two interleaved
+/// ones would report each other's half-done work). It exists from startup on, so a scrub
+/// needs no new thread, which a fork bomb at the pids limit could deny.
+pub fn start_thread(ctx: &Arc<Ctx>) -> std::io::Result<()> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let ctx = Arc::clone(ctx);
+    std::thread::Builder::new()
+        .name("scrub".into())
+        .stack_size(STACK)
+        .spawn(move || {
+            for (id, req, clean) in rx {
+                crate::answer(&ctx.out, id, || run(&ctx, &req, clean));
+            }
+        })?;
+    let _ = JOBS.set(tx);
+    Ok(())
+}
+
+/// Handles `Scrub` (`clean` true) and `Verify` frames.
+pub fn start(ctx: &Arc<Ctx>, frame: Frame, clean: bool) {
+    let id = frame.id;
+    let req: ScrubRequest = match frame.head() {
+        Ok(req) => req,
+        Err(e) => {
+            return ctx
+                .out
+                .error(id, "bad_request", format!("bad scrub head: {e}"));
+        }
+    };
+    if !in_sandbox() {
+        return ctx.out.error(id, "bad_request", "not in a sandbox");
+    }
+    if let Some(bad) = req.paths.iter().find(|p| !p.path.starts_with('/')) {
+        let why = format!("path {:?} is not absolute", bad.path);
+        return ctx.out.error(id, "bad_request", why);
+    }
+    let queued = JOBS
+        .get()
+        .is_some_and(|jobs| jobs.send((id, req, clean)).is_ok());
+    if !queued {
+        ctx.out.error(id, "io", "the scrub thread is gone");
+    }
+}
+
+/// One scrub (or, without `clean`, only its verification).
+fn run(ctx: &Ctx, req: &ScrubRequest, clean: bool) -> Reply {
+    let killed = if clean {
+        let killed = kill_everything(ctx);
+        for path in &req.paths {
+            if let Err(e) = empty_and_restore(path, ctx.tenant) {
+                eprintln!("sandpool-supervisor: scrub {}: {e}", path.path);
+            }
+        }
+        killed
+    } else {
+        0
+    };
+    let found = verify(&req.paths, ctx.tenant);
+    let verdict = Verdict {
+        clean: found.is_empty(),
+        found,
+        killed,
+    };
+    serde_json::to_vec(&verdict)
+        .map(|head| (head, Vec::new()))
+        .map_err(|e| ("io", e.to_string()))
+}
+
+/// Only the container's init (or nobody: the supervisor as PID 1) may be our parent. On a
+/// developer's machine the parent is a shell, and `kill(-1)` there would be a disaster.
+fn in_sandbox() -> bool {
+    std::os::unix::process::parent_id() == 1 || std::process::id() == 1
+}
+
+/// Every process except PID 1 and the supervisor, with their state.
+fn others() -> Vec<procs::ProcInfo> {
+    let me = std::process::id() as i32;
+    procs::snapshot()
+        .into_iter()
+        .filter(|p| p.pid != 1 && p.pid != me)
+        .collect()
+}
+
+/// Kills every other process until none is left alive; returns how many were seen alive.
+fn kill_everything(ctx: &Ctx) -> u32 {
+    // The supervisor's own commands die with everything else; their threads reap them and
+    // send their `Exit`.
+    ctx.execs.kill_and_forget_all();
+    let mut seen: HashSet<i32> = HashSet::new();
+    for round in 0..KILL_ROUNDS {
+        let alive: Vec<i32> = others()
+            .into_iter()
+            .filter(|p| !p.is_dead())
+            .map(|p| p.pid)
+            .collect();
+        if alive.is_empty() {
+            break;
+        }
+        seen.extend(alive);
+        // SAFETY: plain syscall. As root with CAP_KILL in the container's pid namespace this
+        // reaches every process but the namespace's init and the supervisor itself.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+        if round + 1 < KILL_ROUNDS {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // Zombies go once reaped: by init for orphans, by the command threads for our children.
+    let until = Instant::now() + Duration::from_secs(1);
+    while !others().is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    seen.len() as u32
+}
+
+/// Removes everything inside `wp.path`, then restores its owner and mode. A missing path, or
+/// one that is not a directory, is left for the verification to report.
+fn empty_and_restore(wp: &WritablePath, tenant: Tenant) -> io::Result<()> {
+    let path = Path::new(&wp.path);
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    let mut first_error = None;
+    for entry in fs::read_dir(path)? {
+        let entry = entry?;
+        if let Err(e) = remove(&entry.path()) {
+            first_error.get_or_insert(e);
+        }
+    }
+    // Owner and mode through a descriptor of the directory itself (never a symlink).
+    let c = CString::new(wp.path.as_str()).map_err(io::Error::other)?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: open with a NUL-terminated path; the descriptor is owned right away.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (uid, gid) = if wp.tenant_owned {
+        (tenant.uid, tenant.gid)
+    } else {
+        (0, 0)
+    };
+    // SAFETY: fchown/fchmod on an owned descriptor. chown clears set-id bits, so the mode
+    // goes second.
+    unsafe {
+        if libc::fchown(dir.as_raw_fd(), uid, gid) < 0 {
+            first_error.get_or_insert(io::Error::last_os_error());
+        }
+        if libc::fchmod(dir.as_raw_fd(), (wp.mode & 0o7777) as libc::mode_t) < 0 {
+            first_error.get_or_insert(io::Error::last_os_error());
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Removes one entry: a real directory with everything in it (`remove_dir_all` does not
+/// follow symlinks), anything else (file, symlink, FIFO, socket, mqueue) by unlinking it.
+fn remove(path: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return fs::remove_file(path);
+    }
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            // Root's DAC_OVERRIDE normally makes modes irrelevant; should it not, open every
+            // directory up for its owner and try once more.
+            open_up(path);
+            fs::remove_dir_all(path)
+        }
+    }
+}
+
+/// Gives every directory under `path` (without following symlinks) mode 0700.
+fn open_up(path: &Path) {
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+    let Ok(entries) = fs::read_dir(path) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            open_up(&entry.path());
+        }
+    }
+}
+
+/// The verification pass: what is wrong now, from a fresh look.
+pub fn verify(paths: &[WritablePath], tenant: Tenant) -> Vec<String> {
+    let mut found: Vec<String> = others().iter().map(|p| format!("proc:{}", p.pid)).collect();
+    for wp in paths {
+        let path = &wp.path;
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => meta,
+            _ => {
+                found.push(format!("missing:{path}"));
+                continue;
+            }
+        };
+        let owner = if wp.tenant_owned {
+            (tenant.uid, tenant.gid)
+        } else {
+            (0, 0)
+        };
+        if (meta.uid(), meta.gid()) != owner {
+            found.push(format!("owner:{path}"));
+        }
+        if meta.mode() & 0o7777 != wp.mode & 0o7777 {
+            found.push(format!("mode:{path}"));
+        }
+        match fs::read_dir(path) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .map(|e| match e {
+                        Ok(e) => format!("file:{path}/{}", e.file_name().to_string_lossy()),
+                        Err(_) => format!("unreadable:{path}"),
+                    })
+                    .collect();
+                names.sort();
+                found.extend(names);
+            }
+            Err(_) => found.push(format!("unreadable:{path}")),
+        }
+    }
+    for kind in ["shm", "msg", "sem"] {
+        match fs::read_to_string(format!("/proc/sysvipc/{kind}")) {
+            Ok(text) if ipc_objects(&text) == 0 => {}
+            // A kernel without System V IPC has no objects to leave behind.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            _ => found.push(format!("ipc:{kind}")),
+        }
+    }
+    found
+}
+
+/// Objects listed in a `/proc/sysvipc/*` file: every non-blank line after the header.
+fn ipc_objects(text: &str) -> usize {
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_ipc_objects() {
+        assert_eq!(ipc_objects("       key      shmid perms\n"), 0);
+        assert_eq!(ipc_objects(""), 0);
+        assert_eq!(ipc_objects("key shmid\n 0 1 666\n 0 2 600\n"), 2);
+    }
+
+    #[test]
+    fn verify_reports_a_dirty_directory() {
+        let dir = std::env::temp_dir().join(format!("sandpool-verify-{}", std::process::id()));
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let d = dir.to_str().unwrap().to_string();
+        let me = Tenant {
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+        };
+        let paths = [
+            WritablePath {
+                path: d.clone(),
+                mode: 0o755,
+                tenant_owned: true,
+            },
+            WritablePath {
+                path: format!("{d}/nope"),
+                mode: 0o755,
+                tenant_owned: true,
+            },
+        ];
+        let found: Vec<String> = verify(&paths, me)
+            .into_iter()
+            .filter(|f| !f.starts_with("proc:") && !f.starts_with("ipc:"))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                format!("mode:{d}"),
+                format!("file:{d}/sub"),
+                format!("missing:{d}/nope")
+            ]
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,221 @@
+//! Thin, safe wrappers over the raw Linux calls the supervisor needs and std does not offer
+//! (eventfd, pidfd, poll, per-thread fsuid, openat2, close_range), and the mapping of errno
+//! values to the protocol's stable error codes. Nothing here holds policy.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Wraps a freshly returned descriptor.
+fn owned(ret: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = cvt(ret)? as RawFd;
+    // SAFETY: the kernel just handed us this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A non-blocking, close-on-exec eventfd: the way the main thread wakes a command's thread.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with no pointers.
+    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } as libc::c_long)
+}
+
+/// Adds one to an eventfd's counter (makes it readable).
+pub fn eventfd_signal(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN) is still readable.
+    unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+}
+
+/// Resets an eventfd's counter.
+pub fn eventfd_clear(fd: &OwnedFd) {
+    let mut value: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64; EAGAIN (already clear) is fine.
+    unsafe { libc::read(fd.as_raw_fd(), (&raw mut value).cast(), 8) };
+}
+
+/// A pidfd for `pid` (close-on-exec by default): readable once the process has exited. The
+/// caller must not have reaped `pid` yet, so the pid cannot have been reused.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with no pointers.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
+}
+
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) } as libc::c_long)? as libc::c_int;
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } as libc::c_long)?;
+    Ok(())
+}
+
+/// poll(2); `None` waits forever. An interrupted call counts as "nothing ready".
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms = match timeout {
+        None => -1,
+        // Round up so a deadline 0.3 ms away does not spin with a 0 timeout.
+        Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: the pointer and length describe a live slice of pollfd.
+    let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(ret as usize)
+}
+
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe a live, writable slice.
+    Ok(
+        cvt(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } as libc::c_long)?
+            as usize,
+    )
+}
+
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the pointer and length describe a live slice.
+    Ok(cvt(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) } as libc::c_long)? as usize)
+}
+
+/// Makes the calling thread (only it: these are raw per-thread syscalls, not glibc's
+/// process-wide set*id broadcast) access files as `uid:gid`. Going from fsuid 0 to a nonzero
+/// fsuid also drops CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER and the other file capabilities
+/// from this thread's effective set. Verified afterwards: setfsuid reports no errors itself.
+pub fn become_fs_user(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscalls with no pointers. An invalid id (u32::MAX) changes nothing and
+    // returns the current value, which is how the result is checked.
+    unsafe {
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+        let now_gid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
+        let now_uid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
+        if now_gid != gid || now_uid != uid {
+            return Err(io::Error::other(
+                "could not take the tenant's file credentials",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// openat2(2) relative to the current directory (paths here are absolute) with `resolve`
+/// flags, e.g. `RESOLVE_NO_MAGICLINKS` so that `/proc/<pid>/fd/N` cannot hand out one of the
+/// supervisor's own descriptors.
+pub fn openat2(path: &CStr, flags: libc::c_int, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    // The kernel rejects a mode without O_CREAT.
+    how.mode = if flags & libc::O_CREAT != 0 {
+        u64::from(mode & 0o7777)
+    } else {
+        0
+    };
+    how.resolve = resolve;
+    // SAFETY: `path` is NUL-terminated and `how` is a live open_how of the size passed.
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &raw const how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })
+}
+
+/// Whether `fd` is on procfs.
+pub fn is_procfs(fd: &OwnedFd) -> io::Result<bool> {
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs fills a live statfs.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) } as libc::c_long)?;
+    Ok(st.f_type == libc::PROC_SUPER_MAGIC)
+}
+
+/// Marks every descriptor from 3 up close-on-exec. Async-signal-safe (used in `pre_exec`).
+/// A kernel or seccomp profile without close_range is tolerated: every descriptor the
+/// supervisor opens is close-on-exec anyway.
+pub fn cloexec_from_3() -> io::Result<()> {
+    // SAFETY: plain syscall with no pointers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EPERM) => {}
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// The protocol's error code for an errno value.
+pub fn errno_code(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOENT => "not_found",
+        libc::EACCES | libc::EPERM => "permission_denied",
+        libc::EEXIST => "already_exists",
+        libc::EISDIR => "is_directory",
+        libc::ENOTDIR => "not_directory",
+        libc::ENOTEMPTY => "not_empty",
+        _ => "io",
+    }
+}
+
+/// The protocol's error code for an I/O error.
+pub fn io_code(err: &io::Error) -> &'static str {
+    err.raw_os_error().map_or("io", errno_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_codes() {
+        assert_eq!(errno_code(libc::ENOENT), "not_found");
+        assert_eq!(errno_code(libc::EACCES), "permission_denied");
+        assert_eq!(errno_code(libc::EPERM), "permission_denied");
+        assert_eq!(errno_code(libc::EEXIST), "already_exists");
+        assert_eq!(errno_code(libc::EISDIR), "is_directory");
+        assert_eq!(errno_code(libc::ENOTDIR), "not_directory");
+        assert_eq!(errno_code(libc::ENOTEMPTY), "not_empty");
+        assert_eq!(errno_code(libc::EIO), "io");
+        assert_eq!(io_code(&io::Error::other("x")), "io");
+        assert_eq!(
+            io_code(&io::Error::from_raw_os_error(libc::ENOENT)),
+            "not_found"
+        );
+    }
+
+    #[test]
+    fn eventfd_wakes_poll() {
+        let fd = eventfd().unwrap();
+        let mut fds = [libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(poll(&mut fds, Some(Duration::ZERO)).unwrap(), 0);
+        eventfd_signal(&fd);
+        assert_eq!(poll(&mut fds, Some(Duration::ZERO)).unwrap(), 1);
+        eventfd_clear(&fd);
+        assert_eq!(poll(&mut fds, Some(Duration::ZERO)).unwrap(), 0);
+    }
+}
