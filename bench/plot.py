@@ -56,6 +56,23 @@ def main(results_path, out_dir):
     fig.savefig(f"{out_dir}/recycle-cdf.png", dpi=110)
     plt.close(fig)
 
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    rtt = r["command_rtt_engine_ms"]
+    cdf(ax, rtt["supervisor"]["samples"], f'supervisor, in process (n={rtt["supervisor"]["n"]})')
+    sock = r["command_rtt_socket_ms"]["rtt"]
+    cdf(ax, sock["samples"], f'supervisor, client-observed over socket.io (n={sock["n"]})')
+    cdf(ax, rtt["docker_exec"]["samples"], f'docker exec baseline (n={rtt["docker_exec"]["n"]})',
+        color="black", linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("milliseconds (log scale)")
+    ax.set_ylabel("fraction of commands")
+    ax.set_title(f"Command round trip: `true` in a live sandbox\n{subtitle}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(f"{out_dir}/command-rtt-cdf.png", dpi=110)
+    plt.close(fig)
+
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])

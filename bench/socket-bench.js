@@ -4,6 +4,8 @@
 //   firstexec <n> <concurrency> connect → ack of a first `exec true`, in waves
 //   churn <seconds> <workers>   sessions that connect, exec once and end, back to back
 //   hold <n>                    opens n sessions, prints {"held": n}, then waits for stdin EOF
+//   rtt <n>                     one session, n sequential `exec true`: each ack's round trip
+//   cycle <n>                   n sessions one at a time: connect → exec `echo hi` → end acked
 "use strict";
 const { io } = require("socket.io-client");
 
@@ -18,7 +20,7 @@ function once(s, ev, ms = 60000) {
   return new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`timeout waiting for ${ev}`)), ms);
     s.once(ev, (v) => { clearTimeout(t); resolve(v); });
-    s.once("error", (e) => { clearTimeout(t); reject(new Error(`${e.code}: ${e.message}`)); });
+    s.once("sandpool:error", (e) => { clearTimeout(t); reject(new Error(`${e.code}: ${e.message}`)); });
   });
 }
 
@@ -103,12 +105,53 @@ async function hold(n) {
   return null;
 }
 
+// Round trips of `exec true` in one live session, one at a time.
+async function rtt(n) {
+  const s = open();
+  await once(s, "session");
+  const samples = [];
+  let failures = 0;
+  for (let i = 0; i < n; i++) {
+    const t0 = now();
+    const r = await s.timeout(60000).emitWithAck("exec", { command: "true" });
+    if (r.ok && r.exitCode === 0) samples.push(now() - t0); else failures++;
+  }
+  await s.timeout(60000).emitWithAck("session:end");
+  s.disconnect();
+  return { rttMs: samples, failures };
+}
+
+// Whole sessions one at a time: connect → `session` → exec `echo hi` → `session:end` acked.
+async function cycle(n) {
+  const samples = [];
+  let failures = 0;
+  for (let i = 0; i < n; i++) {
+    const t0 = now();
+    const s = open();
+    try {
+      await once(s, "session");
+      const r = await s.timeout(60000).emitWithAck("exec", { command: "echo hi" });
+      if (!r.ok || r.stdout !== "hi\n") throw new Error("exec failed");
+      await s.timeout(60000).emitWithAck("session:end");
+      samples.push(now() - t0);
+    } catch (e) {
+      failures++;
+      console.error(String(e));
+    } finally {
+      s.disconnect();
+    }
+  }
+  return { cycleMs: samples, failures };
+}
+
 (async () => {
   let out;
   if (mode === "handout") out = await waves(Number(a), Number(b), false);
   else if (mode === "firstexec") out = await waves(Number(a), Number(b), true);
   else if (mode === "churn") out = await churn(Number(a), Number(b));
   else if (mode === "hold") out = await hold(Number(a));
+  else if (mode === "rtt") out = await rtt(Number(a));
+  else if (mode === "cycle") out = await cycle(Number(a));
   else throw new Error(`unknown mode ${mode}`);
   if (out) console.log(JSON.stringify(out));
   process.exit(0);

@@ -170,10 +170,15 @@ pub struct PoolConfig {
     #[arg(long = "pool-max-age-secs", env = "SANDPOOL_POOL_MAX_AGE_SECS", default_value = "3600", value_parser = parse_env::<u64>("SANDPOOL_POOL_MAX_AGE_SECS"))]
     pub max_age_secs: u64,
 
-    /// How long `acquire` waits for a container when none is idle and the pool is at its
-    /// maximum, in milliseconds. Default 5000.
-    #[arg(long = "pool-acquire-timeout-ms", env = "SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS", default_value = "5000", value_parser = parse_env::<u64>("SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS"))]
+    /// How long a caller waits in the queue for a container when none is idle and the pool
+    /// is at its maximum, in milliseconds (`pool_exhausted` after it). Default 30000.
+    #[arg(long = "pool-acquire-timeout-ms", env = "SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS", default_value = "30000", value_parser = parse_env::<u64>("SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS"))]
     pub acquire_timeout_ms: u64,
+
+    /// Callers that may wait in the queue at once; one more is refused at once with
+    /// `queue_full`. Default 1000.
+    #[arg(long = "pool-max-waiters", env = "SANDPOOL_POOL_MAX_WAITERS", default_value = "1000", value_parser = parse_env::<usize>("SANDPOOL_POOL_MAX_WAITERS"))]
+    pub max_waiters: usize,
 
     /// Containers the refill task creates at once. Default 4.
     #[arg(long = "pool-create-parallelism", env = "SANDPOOL_POOL_CREATE_PARALLELISM", default_value = "4", value_parser = parse_positive("SANDPOOL_POOL_CREATE_PARALLELISM"))]
@@ -235,7 +240,8 @@ impl Default for PoolConfig {
             max: 100,
             max_uses: 50,
             max_age_secs: 3600,
-            acquire_timeout_ms: 5000,
+            acquire_timeout_ms: 30_000,
+            max_waiters: 1000,
             create_parallelism: 4,
             reconcile_interval_ms: 30_000,
             scrub_timeout_ms: 10_000,
@@ -279,6 +285,16 @@ pub struct ImageConfig {
         default_value = "/bin/busybox"
     )]
     pub busybox_path: String,
+
+    /// The static supervisor binary copied into the image (`scripts/build-supervisor` makes
+    /// it). Default empty: `target/supervisor/x86_64-unknown-linux-gnu/release/sandpool-supervisor`
+    /// from the working directory (the repository root).
+    #[arg(
+        long = "image-supervisor-path",
+        env = "SANDPOOL_IMAGE_SUPERVISOR_PATH",
+        default_value = ""
+    )]
+    pub supervisor_path: String,
 }
 
 impl Default for ImageConfig {
@@ -288,6 +304,7 @@ impl Default for ImageConfig {
             auto_build: true,
             base_image: "scratch".into(),
             busybox_path: "/bin/busybox".into(),
+            supervisor_path: String::new(),
         }
     }
 }

@@ -124,14 +124,22 @@ pub async fn run(
         result = &mut server => Some(result),
     };
     tracing::info!("shutting down: ending sessions and removing this instance's containers");
-    // Sessions first: their sockets hear `session:expired` (reason `shutdown`) and are
+    // One deadline for the whole shutdown; each stage takes what is left of it.
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout();
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    // The pool stops handing out first, so that the sessions' sandboxes are removed rather
+    // than scrubbed for a pool that is going away.
+    pool.close();
+    // Sessions next: their sockets hear `session:expired` (reason `shutdown`) and are
     // disconnected, so the HTTP server can drain.
-    sessions.shutdown(config.shutdown_timeout()).await;
-    io.close().await;
+    sessions.shutdown(left()).await;
+    if tokio::time::timeout_at(deadline, io.close()).await.is_err() {
+        tracing::warn!("closing socket.io connections did not finish in time");
+    }
     let _ = stop_http.send(());
     let joined = match early {
         Some(result) => Ok(result),
-        None => tokio::time::timeout(config.shutdown_timeout(), server).await,
+        None => tokio::time::timeout_at(deadline, server).await,
     };
     let served = match joined {
         Ok(Ok(result)) => result,
@@ -141,6 +149,9 @@ pub async fn run(
             Ok(())
         }
     };
-    pool.shutdown(config.shutdown_timeout()).await;
+    // Removal gets at least a few seconds even when the stages before used up the deadline:
+    // containers left behind are the one thing shutdown must not do.
+    pool.shutdown(left().max(std::time::Duration::from_secs(5)))
+        .await;
     served.map_err(RunError::Http)
 }

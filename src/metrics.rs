@@ -33,6 +33,8 @@ struct OutcomeLabel {
 pub struct Metrics {
     registry: Registry,
     pool_containers: Family<StateLabel, Gauge>,
+    pool_idle_target: Gauge,
+    pool_waiting: Gauge,
     sessions: Family<StateLabel, Gauge>,
     docker_in_flight: Gauge,
     docker_queue_depth: Gauge,
@@ -74,6 +76,18 @@ impl Metrics {
             "sessions",
             "Sessions this instance holds, by state",
             sessions.clone(),
+        );
+        let pool_idle_target = Gauge::default();
+        registry.register(
+            "pool_idle_target",
+            "Idle sandboxes the refill keeps now: the floor raised to cover recent arrivals",
+            pool_idle_target.clone(),
+        );
+        let pool_waiting = Gauge::default();
+        registry.register(
+            "pool_waiting",
+            "Callers queued for a sandbox",
+            pool_waiting.clone(),
         );
         let docker_in_flight = Gauge::default();
         registry.register(
@@ -133,6 +147,8 @@ impl Metrics {
         Arc::new(Self {
             registry,
             pool_containers,
+            pool_idle_target,
+            pool_waiting,
             sessions,
             docker_in_flight,
             docker_queue_depth,
@@ -182,6 +198,8 @@ impl Metrics {
                 .get_or_create(&StateLabel { state })
                 .set(n as i64);
         }
+        self.pool_idle_target.set(status.idle_target as i64);
+        self.pool_waiting.set(status.waiting as i64);
         let gate = pool.gate().status();
         self.docker_in_flight.set(gate.in_flight as i64);
         self.docker_queue_depth.set(gate.waiting as i64);

@@ -33,13 +33,16 @@ async fn prewarm_reaches_min_idle_with_hardened_labeled_containers() {
     let inspect = docker(&[
         "inspect",
         "--format",
-        "{{.HostConfig.ReadonlyRootfs}}|{{.HostConfig.CapDrop}}|{{.HostConfig.SecurityOpt}}|{{.HostConfig.PidsLimit}}|{{.HostConfig.Memory}}|{{.HostConfig.NanoCpus}}|{{.HostConfig.NetworkMode}}|{{.HostConfig.Init}}|{{.Config.User}}|{{index .Config.Labels \"sandpool.role\"}}|{{.State.Running}}",
+        "{{.HostConfig.ReadonlyRootfs}}|{{.HostConfig.CapDrop}}|{{.HostConfig.CapAdd}}|{{.HostConfig.LogConfig.Type}}|{{.HostConfig.SecurityOpt}}|{{.HostConfig.PidsLimit}}|{{.HostConfig.Memory}}|{{.HostConfig.NanoCpus}}|{{.HostConfig.NetworkMode}}|{{.HostConfig.Init}}|{{.Config.User}}|{{.Config.OpenStdin}}|{{.Config.StdinOnce}}|{{.Config.Tty}}|{{index .Config.Labels \"sandpool.role\"}}|{{.State.Running}}",
         &ids[0],
     ]);
+    // The supervisor runs as root under init with only the capabilities it needs (its
+    // commands run as 1000:1000 with none: see tests/supervisor.rs); its stdin stays open for
+    // the host's link, and nothing it prints is logged.
     assert_eq!(
         inspect,
         format!(
-            "true|[ALL]|[no-new-privileges:true]|128|{}|1000000000|none|true|1001:1001|sandbox|true",
+            "true|[ALL]|[CHOWN DAC_OVERRIDE FOWNER KILL SETUID SETGID SETPCAP]|none|[no-new-privileges:true]|128|{}|1000000000|none|true|0:0|true|false|false|sandbox|true",
             128 << 20
         )
     );
@@ -250,7 +253,8 @@ async fn release_wipes_files_and_kills_processes_before_the_next_holder() {
         assert!(!seen.contains(leak), "{leak:?} survived the scrub:\n{seen}");
     }
     assert!(seen.contains("env:none"), "{seen}");
-    // Only the keeper's processes and this probe remain; none of the last session's.
+    // Only this probe runs as the tenant (init and the supervisor are root); none of the last
+    // session's processes remain.
     let procs: Vec<&str> = seen
         .lines()
         .filter(|l| l.starts_with("1000 ") || l.starts_with("sandbox "))

@@ -187,7 +187,7 @@ async fn hundred_megabytes_of_output_keep_server_memory_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overloaded_internal_and_unavailable_from_docker_faults() {
+async fn sessions_keep_working_through_docker_faults_and_creates_get_typed_errors() {
     let instance = unique_instance("sock-faults");
     let _cleanup = Cleanup::new(&instance);
     let endpoint = FaultyDocker::start(FaultMode::Proxy).await;
@@ -196,14 +196,15 @@ async fn overloaded_internal_and_unavailable_from_docker_faults() {
         &instance,
         &[
             ("SANDPOOL_DOCKER_HOST", host.as_str()),
-            ("SANDPOOL_POOL_MIN_IDLE", "2"),
-            ("SANDPOOL_POOL_MAX", "2"),
+            ("SANDPOOL_POOL_MIN_IDLE", "1"),
+            ("SANDPOOL_POOL_MAX", "3"),
             ("SANDPOOL_POOL_RECONCILE_INTERVAL_MS", "600000"),
             ("SANDPOOL_DOCKER_MAX_CONCURRENT", "1"),
             ("SANDPOOL_DOCKER_MAX_QUEUE", "0"),
             ("SANDPOOL_DOCKER_CALL_TIMEOUT_MS", "2000"),
             ("SANDPOOL_DOCKER_BREAKER_FAILURES", "2"),
-            ("SANDPOOL_DOCKER_BREAKER_COOLDOWN_MS", "1000"),
+            // Long enough that the breaker is still open at SIGTERM below.
+            ("SANDPOOL_DOCKER_BREAKER_COOLDOWN_MS", "120000"),
             ("SANDPOOL_DOCKER_RETRY_ATTEMPTS", "1"),
         ],
     )
@@ -220,14 +221,34 @@ async fn overloaded_internal_and_unavailable_from_docker_faults() {
     })
     .await
     .unwrap();
-    // Docker comes back; shutdown still removes everything once the breaker lets calls through.
+    // Docker comes back while the breaker is still open: shutdown is not a client call, so
+    // its listing and removals pass the open breaker and remove everything.
     endpoint.set_mode(FaultMode::Proxy);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, body) = http_get(addr, "/api/pool").await;
+    assert_eq!(json_body(&body)["breaker"], "open", "{body}");
     assert!(sigterm_and_wait(service).success());
     assert!(
         labeled_containers(&instance).is_empty(),
         "shutdown removed every container"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_waits_in_line_and_hears_its_place() {
+    let instance = unique_instance("sock-queue");
+    let _cleanup = Cleanup::new(&instance);
+    let service = spawn_service(
+        &instance,
+        &[("SANDPOOL_POOL_MIN_IDLE", "1"), ("SANDPOOL_POOL_MAX", "1")],
+    )
+    .await;
+    let addr = service.addr;
+    let result = tokio::task::spawn_blocking(move || run_scenario("queue", addr, &[], |_| {}))
+        .await
+        .unwrap();
+    eprintln!("queue: {result}");
+    assert!(sigterm_and_wait(service).success());
+    assert!(labeled_containers(&instance).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The stable error codes of the Socket.IO API and the mapping from internal errors to them.
 
 use crate::docker::DockerError;
-use crate::pool::PoolError;
+use crate::pool::{PoolError, SupervisorError};
 use crate::session::SessionError;
 
 /// The error codes a client can see. Stable: clients branch on them.
@@ -11,6 +11,7 @@ pub enum ErrorCode {
     NotFound,
     TooManyRequests,
     PoolExhausted,
+    QueueFull,
     Overloaded,
     Unavailable,
     SessionExpired,
@@ -24,6 +25,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::PoolExhausted => "pool_exhausted",
+            ErrorCode::QueueFull => "queue_full",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SessionExpired => "session_expired",
@@ -32,11 +34,12 @@ impl ErrorCode {
     }
 
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::TooManyRequests,
         ErrorCode::PoolExhausted,
+        ErrorCode::QueueFull,
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
         ErrorCode::SessionExpired,
@@ -88,10 +91,23 @@ impl From<&PoolError> for ApiError {
         match e {
             PoolError::Exhausted { .. } => Self::new(ErrorCode::PoolExhausted, e.to_string()),
             PoolError::Closed => Self::new(ErrorCode::Unavailable, "the service is shutting down"),
+            PoolError::QueueFull { .. } => Self::new(ErrorCode::QueueFull, e.to_string()),
             PoolError::NotLeased(_) => {
                 Self::new(ErrorCode::SessionExpired, "the session's sandbox is gone")
             }
             PoolError::Create(d) | PoolError::Docker(d) => d.into(),
+            PoolError::Supervisor(SupervisorError::Failed { code, message }) => {
+                let code = match code.as_str() {
+                    "not_found" => ErrorCode::NotFound,
+                    "busy" => ErrorCode::TooManyRequests,
+                    _ => ErrorCode::BadRequest,
+                };
+                Self::new(code, message.clone())
+            }
+            PoolError::Supervisor(error) => {
+                tracing::warn!(%error, "a sandbox's supervisor is gone");
+                Self::new(ErrorCode::SessionExpired, "the session's sandbox died")
+            }
         }
     }
 }

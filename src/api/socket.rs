@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
@@ -21,33 +21,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use super::error::{ApiError, ErrorCode};
 use crate::agent::{Agent, ToolProposal};
 use crate::config::ApiConfig;
-use crate::docker::spec::{SANDBOX_HOME, SANDBOX_USER, WORKSPACE};
-use crate::docker::{Admission, ExecChunk, ExecSpec, OutputStream};
 use crate::metrics::Metrics;
+use crate::pool::{OutputChunk, OutputStream, Place};
 use crate::session::{EndReason, Session, SessionError, SessionHooks, SessionManager};
 
+/// The event that carries an error to a client that gave no ack. Not `error`: load tools
+/// (artillery's socketio engine) treat a server event named `error` as a failure of their own
+/// connection and crash on it (docs/API.md).
+pub const ERROR_EVENT: &str = "sandpool:error";
 /// Proposed tool calls a session may have waiting for approval at once.
 const MAX_PENDING_PER_SESSION: usize = 100;
-/// Environment variable that marks every process of one command, so that a timed-out
-/// command's whole process tree can be found and killed.
-const CALL_ENV: &str = "SANDPOOL_CALL";
-
-/// Kills every process whose environment carries `SANDPOOL_CALL=$1`, a few rounds to catch
-/// forks racing the kill.
-const KILL_CALL_SCRIPT: &str = r#"
-i=0
-while [ "$i" -lt 10 ]; do
-  found=0
-  for d in /proc/[0-9]*; do
-    if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qx "SANDPOOL_CALL=$1"; then
-      kill -9 "${d#/proc/}" 2>/dev/null && found=1
-    fi
-  done
-  [ "$found" = 0 ] && break
-  i=$((i+1))
-done
-"#;
-
 /// What the socket layer shares.
 pub struct SocketApi {
     sessions: SessionManager,
@@ -125,16 +108,23 @@ struct SessionPayload<'a> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+struct QueuePayload {
+    position: usize,
+    estimate_ms: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct OutputPayload<'a> {
     call_id: &'a str,
-    stream: OutputStream,
+    stream: &'static str,
     data: String,
 }
 
 /// What a finished command reports.
 struct RunOutcome {
     status: &'static str,
-    exit_code: Option<i64>,
+    exit_code: Option<i32>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     truncated: bool,
@@ -200,7 +190,7 @@ impl SocketApi {
         match reply {
             Some(reply) if reply.wanted => reply.send(&json!({"ok": false, "error": body})),
             _ => {
-                if let Err(e) = socket.emit("error", &body) {
+                if let Err(e) = socket.emit(ERROR_EVENT, &body) {
                     tracing::debug!(error = %e, "emitting an error failed");
                 }
             }
@@ -266,7 +256,20 @@ impl SocketApi {
                 Err(e) => self.fail(socket, None, e, None),
             }
         }
-        let opened = self.sessions.open().await.map_err(|e| ApiError::from(&e))?;
+        // While the pool's queue holds this client, it hears its place as it moves.
+        let queued = socket.clone();
+        let mut on_place = move |place: Place| {
+            let payload = QueuePayload {
+                position: place.position,
+                estimate_ms: place.estimate_ms,
+            };
+            let _ = queued.emit("queue", &payload);
+        };
+        let opened = self
+            .sessions
+            .open_queued(&mut on_place)
+            .await
+            .map_err(|e| ApiError::from(&e))?;
         Ok((
             opened.session,
             Some(opened.resume_token),
@@ -296,7 +299,9 @@ impl SocketApi {
         }
     }
 
-    /// Runs `command` in the session's sandbox, streaming `tool:output`.
+    /// Runs `command` in the session's sandbox, streaming `tool:output`. A client that stops
+    /// reading slows the command down until its timeout, then stops being fed; it never pins
+    /// this handler past the command's deadline.
     async fn run(
         &self,
         socket: &SocketRef,
@@ -306,40 +311,38 @@ impl SocketApi {
         timeout: Duration,
     ) -> Result<RunOutcome, ApiError> {
         let started = Instant::now();
-        let (tx, mut rx) = mpsc::channel::<ExecChunk>(16);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
         let forward = {
             let (socket, call_id) = (socket.clone(), call_id.to_string());
             tokio::spawn(async move {
+                let mut open = true;
                 while let Some(chunk) = rx.recv().await {
+                    if !open {
+                        continue;
+                    }
                     let payload = OutputPayload {
                         call_id: &call_id,
-                        stream: chunk.stream,
+                        stream: match chunk.stream {
+                            OutputStream::Stdout => "stdout",
+                            OutputStream::Stderr => "stderr",
+                        },
                         data: String::from_utf8_lossy(&chunk.data).into_owned(),
                     };
-                    if !emit_with_backpressure(&socket, "tool:output", &payload).await {
-                        // The client is gone; keep draining so the command is not blocked.
-                        while rx.recv().await.is_some() {}
-                    }
+                    // The client is gone or stuck: keep draining so the command is not blocked.
+                    open = emit_with_backpressure(&socket, "tool:output", &payload, deadline).await;
                 }
             })
         };
-        let spec = ExecSpec {
-            cmd: vec!["sh".into(), "-c".into(), command.to_string()],
-            user: SANDBOX_USER.into(),
-            working_dir: Some(WORKSPACE.into()),
-            env: vec![
-                format!("HOME={SANDBOX_HOME}"),
-                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
-                format!("{CALL_ENV}={call_id}"),
-            ],
-            timeout,
-            output_limit: self.limits.exec_output_limit_bytes,
-            admission: Admission::Request,
-        };
         let result = self
             .sessions
-            .pool()
-            .exec(&conn.container_id, &spec, Some(&tx))
+            .run_command(
+                &conn.container_id,
+                command,
+                timeout,
+                self.limits.exec_output_limit_bytes,
+                Some(&tx),
+            )
             .await;
         drop(tx);
         let _ = forward.await;
@@ -350,41 +353,21 @@ impl SocketApi {
                 return Err((&e).into());
             }
         };
-        if out.timed_out {
-            self.kill_call(&conn.container_id, call_id).await;
-        }
         let status = if out.timed_out { "timeout" } else { "ok" };
         self.metrics.exec_done(status, started.elapsed());
         Ok(RunOutcome {
             status,
-            exit_code: out.exit_code,
+            // Killed by a signal (the OOM killer, say): 128 + the signal, as a shell reports it.
+            exit_code: if out.timed_out {
+                None
+            } else {
+                out.exit_code.or(out.signal.map(|sig| 128 + sig))
+            },
             stdout: out.stdout,
             stderr: out.stderr,
             truncated: out.truncated,
             duration_ms: started.elapsed().as_millis() as u64,
         })
-    }
-
-    /// Kills the whole process tree of a timed-out command.
-    async fn kill_call(&self, container_id: &str, call_id: &str) {
-        let spec = ExecSpec {
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                KILL_CALL_SCRIPT.into(),
-                "kill-call".into(),
-                call_id.into(),
-            ],
-            user: SANDBOX_USER.into(),
-            working_dir: Some("/".into()),
-            env: vec![],
-            timeout: Duration::from_secs(10),
-            output_limit: 4096,
-            admission: Admission::Upkeep,
-        };
-        if let Err(error) = self.sessions.pool().exec(container_id, &spec, None).await {
-            tracing::warn!(%error, call_id, "killing a timed-out command failed");
-        }
     }
 
     fn permit(&self, conn: &Conn) -> Result<OwnedSemaphorePermit, ApiError> {
@@ -416,16 +399,22 @@ impl SessionHooks for SocketApi {
 }
 
 /// Emits, waiting while the socket's send buffer is full (a slow client slows the command
-/// down instead of growing memory). `false` when the socket is closed.
+/// down instead of growing memory). `false` when the socket is closed or still full at
+/// `deadline`. socketioxide offers no signal for "the buffer has room", so this retries on a
+/// short timer.
 async fn emit_with_backpressure<T: Serialize + ?Sized>(
     socket: &SocketRef,
     event: &str,
     data: &T,
+    deadline: tokio::time::Instant,
 ) -> bool {
     loop {
         match socket.emit(event, data) {
             Ok(()) => return true,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(_) => return false,
@@ -437,22 +426,61 @@ fn new_call_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// The handshake's `auth`: empty, or a resume.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthPayload {
+    session_id: Option<String>,
+    resume_token: Option<String>,
+}
+
+/// `exec`'s payload.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecPayload {
+    command: String,
+    timeout_ms: Option<u64>,
+}
+
+/// `message`'s payload: a string, or `{text}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MessagePayload {
+    Text(String),
+    Object { text: String },
+}
+
+/// `tool:approval`'s payload.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApprovalPayload {
+    call_id: String,
+    approved: bool,
+}
+
+/// Parses an event's payload into its type, or a `bad_request` naming what was expected.
+fn payload<T: serde::de::DeserializeOwned>(
+    data: Result<Value, impl std::fmt::Display>,
+    event: &str,
+    shape: &str,
+) -> Result<T, ApiError> {
+    let data =
+        data.map_err(|e| ApiError::bad_request(format!("{event} payload is not JSON: {e}")))?;
+    serde_json::from_value(data)
+        .map_err(|e| ApiError::bad_request(format!("{event} takes {shape}: {e}")))
+}
+
 fn parse_resume(auth: &Value) -> Result<Option<(String, String)>, ApiError> {
-    let Some(obj) = auth.as_object() else {
-        return Err(ApiError::bad_request(
-            "auth must be an object {sessionId, resumeToken}",
-        ));
-    };
-    match (obj.get("sessionId"), obj.get("resumeToken")) {
+    let shape = "auth.sessionId and auth.resumeToken must both be non-empty strings";
+    let auth: AuthPayload = payload(
+        Ok::<_, String>(auth.clone()),
+        "auth",
+        "{sessionId, resumeToken}",
+    )?;
+    match (auth.session_id, auth.resume_token) {
         (None, None) => Ok(None),
-        (Some(Value::String(id)), Some(Value::String(token)))
-            if !id.is_empty() && !token.is_empty() =>
-        {
-            Ok(Some((id.clone(), token.clone())))
-        }
-        _ => Err(ApiError::bad_request(
-            "auth.sessionId and auth.resumeToken must both be non-empty strings",
-        )),
+        (Some(id), Some(token)) if !id.is_empty() && !token.is_empty() => Ok(Some((id, token))),
+        _ => Err(ApiError::bad_request(shape)),
     }
 }
 
@@ -460,30 +488,21 @@ fn parse_exec(
     data: Result<Value, impl std::fmt::Display>,
     limits: &ApiConfig,
 ) -> Result<ExecRequest, ApiError> {
-    let data = data.map_err(|e| ApiError::bad_request(format!("exec payload is not JSON: {e}")))?;
-    let Some(obj) = data.as_object() else {
-        return Err(ApiError::bad_request(
-            "exec takes an object {command, timeoutMs?}",
-        ));
-    };
-    let command = match obj.get("command") {
-        Some(Value::String(c)) => c,
-        Some(_) => return Err(ApiError::bad_request("command must be a string")),
-        None => return Err(ApiError::bad_request("command is missing")),
-    };
-    let command = check_command(command, limits)?;
-    let timeout_ms = match obj.get("timeoutMs") {
-        None | Some(Value::Null) => limits.exec_default_timeout_ms as u64,
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(ms) if ms > 0 && ms <= limits.exec_max_timeout_ms as u64 => ms,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "timeoutMs must be a whole number from 1 to {}",
-                    limits.exec_max_timeout_ms
-                )));
-            }
-        },
-        Some(_) => return Err(ApiError::bad_request("timeoutMs must be a number")),
+    let exec: ExecPayload = payload(
+        data,
+        "exec",
+        "an object {command: string, timeoutMs?: integer}",
+    )?;
+    let command = check_command(&exec.command, limits)?;
+    let timeout_ms = match exec.timeout_ms {
+        None => limits.exec_default_timeout_ms as u64,
+        Some(ms) if ms > 0 && ms <= limits.exec_max_timeout_ms as u64 => ms,
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "timeoutMs must be a whole number from 1 to {}",
+                limits.exec_max_timeout_ms
+            )));
+        }
     };
     Ok(ExecRequest {
         command,
@@ -509,45 +528,24 @@ fn parse_message(
     data: Result<Value, impl std::fmt::Display>,
     limits: &ApiConfig,
 ) -> Result<String, ApiError> {
-    let data =
-        data.map_err(|e| ApiError::bad_request(format!("message payload is not JSON: {e}")))?;
-    let text = match &data {
-        Value::String(s) => s,
-        Value::Object(o) => match o.get("text") {
-            Some(Value::String(s)) => s,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "message takes a string or {text: string}",
-                ));
-            }
-        },
-        _ => {
-            return Err(ApiError::bad_request(
-                "message takes a string or {text: string}",
-            ));
-        }
-    };
+    let message: MessagePayload = payload(data, "message", "a string or {text: string}")?;
+    let (MessagePayload::Text(text) | MessagePayload::Object { text }) = message;
     if text.trim().is_empty() {
         return Err(ApiError::bad_request("message is empty"));
     }
-    check_command(text, limits)
+    check_command(&text, limits)
 }
 
 fn parse_approval(data: Result<Value, impl std::fmt::Display>) -> Result<(String, bool), ApiError> {
-    let data =
-        data.map_err(|e| ApiError::bad_request(format!("approval payload is not JSON: {e}")))?;
-    let obj = data
-        .as_object()
-        .ok_or_else(|| ApiError::bad_request("tool:approval takes an object {callId, approved}"))?;
-    let call_id = match obj.get("callId") {
-        Some(Value::String(id)) if !id.is_empty() => id.clone(),
-        _ => return Err(ApiError::bad_request("callId must be a non-empty string")),
-    };
-    let approved = match obj.get("approved") {
-        Some(Value::Bool(b)) => *b,
-        _ => return Err(ApiError::bad_request("approved must be true or false")),
-    };
-    Ok((call_id, approved))
+    let approval: ApprovalPayload = payload(
+        data,
+        "tool:approval",
+        "an object {callId: string, approved: boolean}",
+    )?;
+    if approval.call_id.is_empty() {
+        return Err(ApiError::bad_request("callId must be a non-empty string"));
+    }
+    Ok((approval.call_id, approval.approved))
 }
 
 // -------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,10 +18,11 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, BuildImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::{Stream, StreamExt};
+use tokio::io::AsyncWrite;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -85,6 +87,19 @@ pub struct ContainerEvent {
     pub action: String,
 }
 
+/// A piece of what a container's main process wrote.
+#[derive(Debug, Clone)]
+pub enum AttachChunk {
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+}
+
+/// The two directions of an attach: the container's output, and its stdin.
+pub struct Attached {
+    pub output: Pin<Box<dyn Stream<Item = Result<AttachChunk, DockerError>> + Send>>,
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
 /// How a call waits for a slot when all are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -95,6 +110,10 @@ pub enum Admission {
     /// without a queue bound, since refusing it would only leak or waste containers; its
     /// number is bounded by the pool's maximum. It still holds a slot while Docker works.
     Upkeep,
+    /// Shutdown's listing and removal of the instance's containers: like `Upkeep`, and it
+    /// also passes an open breaker (without probing it), since shutdown is not a client call
+    /// and leaving containers behind is worse than one more try at a struggling Docker.
+    Shutdown,
 }
 
 /// A command to run in a container.
@@ -218,7 +237,7 @@ impl DockerGate {
         }
         let counter = match admission {
             Admission::Request => &self.waiting,
-            Admission::Upkeep => &self.waiting_upkeep,
+            Admission::Upkeep | Admission::Shutdown => &self.waiting_upkeep,
         };
         let already = counter.fetch_add(1, Ordering::AcqRel);
         let _leave = DecrementOnDrop(counter);
@@ -229,7 +248,7 @@ impl DockerGate {
         // Upkeep may wait behind a long queue; give it more time than one call.
         let wait = match admission {
             Admission::Request => self.call_timeout,
-            Admission::Upkeep => self.call_timeout * 4,
+            Admission::Upkeep | Admission::Shutdown => self.call_timeout * 4,
         };
         match timeout(wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
@@ -239,12 +258,20 @@ impl DockerGate {
     }
 
     /// One attempt of a call, reported to the breaker.
-    async fn attempt<T, F, Fut>(&self, op: &'static str, f: &F) -> Result<T, DockerError>
+    async fn attempt<T, F, Fut>(
+        &self,
+        op: &'static str,
+        admission: Admission,
+        f: &F,
+    ) -> Result<T, DockerError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, bollard::errors::Error>>,
     {
-        let ticket = self.breaker.try_pass().ok_or(DockerError::Unavailable)?;
+        let ticket = match admission {
+            Admission::Shutdown => None,
+            _ => Some(self.breaker.try_pass().ok_or(DockerError::Unavailable)?),
+        };
         self.calls_total.fetch_add(1, Ordering::Relaxed);
         let result = match timeout(self.call_timeout, f()).await {
             Ok(Ok(value)) => Ok(value),
@@ -254,13 +281,14 @@ impl DockerGate {
                 after: self.call_timeout,
             }),
         };
-        match &result {
-            Ok(_) => ticket.success(),
-            Err(e) if e.is_transient() => {
+        match (&result, ticket) {
+            (_, None) => {}
+            (Ok(_), Some(ticket)) => ticket.success(),
+            (Err(e), Some(ticket)) if e.is_transient() => {
                 self.failures_total.fetch_add(1, Ordering::Relaxed);
                 ticket.failure()
             }
-            Err(_) => ticket.neutral(),
+            (Err(_), Some(ticket)) => ticket.neutral(),
         }
         result
     }
@@ -278,19 +306,19 @@ impl DockerGate {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, bollard::errors::Error>>,
     {
-        if self.breaker.state() == BreakerState::Open {
+        if self.breaker.state() == BreakerState::Open && admission != Admission::Shutdown {
             return Err(DockerError::Unavailable);
         }
         let _permit = self.admit(op, admission).await?;
         if !idempotent || self.retry_attempts <= 1 {
-            return self.attempt(op, &f).await;
+            return self.attempt(op, admission, &f).await;
         }
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry_base)
             .with_max_delay(self.retry_base * 16)
             .with_max_times(self.retry_attempts - 1)
             .with_jitter();
-        (|| self.attempt(op, &f))
+        (|| self.attempt(op, admission, &f))
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(DockerError::is_transient)
@@ -307,16 +335,21 @@ impl DockerGate {
             .map(|_| ())
     }
 
-    /// Whether Docker has the image `tag`.
-    pub async fn image_exists(&self, tag: &str) -> Result<bool, DockerError> {
+    /// The labels of the image `tag`, or `None` when Docker does not have it.
+    pub async fn image_labels(
+        &self,
+        tag: &str,
+    ) -> Result<Option<HashMap<String, String>>, DockerError> {
         match self
             .call("inspect_image", true, Admission::Upkeep, || {
                 self.docker.inspect_image(tag)
             })
             .await
         {
-            Ok(_) => Ok(true),
-            Err(DockerError::NotFound { .. }) => Ok(false),
+            Ok(image) => Ok(Some(
+                image.config.and_then(|c| c.labels).unwrap_or_default(),
+            )),
+            Err(DockerError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -403,6 +436,40 @@ impl DockerGate {
         Ok(created.id)
     }
 
+    /// Attaches to a running sandbox's stdin and stdout/stderr: the long-lived link to its
+    /// supervisor. The connection is Docker's own (an upgraded HTTP connection), so it works
+    /// wherever the Docker API reaches; it holds a gate slot only while it is being set up.
+    /// Without a TTY Docker copies stdin verbatim (no detach-key scanning), so binary frames
+    /// pass untouched.
+    pub async fn attach(&self, id: &str) -> Result<Attached, DockerError> {
+        let options = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let attached = self
+            .call("attach_container", true, Admission::Upkeep, || {
+                self.docker.attach_container(id, Some(options.clone()))
+            })
+            .await?;
+        let output = attached.output.filter_map(|item| async move {
+            match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    Some(Ok(AttachChunk::Stdout(message)))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok(AttachChunk::Stderr(message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(DockerError::from_bollard("attach_output", e))),
+            }
+        });
+        Ok(Attached {
+            output: Box::pin(output),
+            input: attached.input,
+        })
+    }
+
     /// Starts a created container (idempotent: starting a running container is a no-op).
     pub async fn start_container(&self, id: &str) -> Result<(), DockerError> {
         self.call("start_container", true, Admission::Upkeep, || {
@@ -413,12 +480,21 @@ impl DockerGate {
 
     /// Removes a container, killing it first. A container that is already gone is success.
     pub async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        self.remove_container_as(id, Admission::Upkeep).await
+    }
+
+    /// `remove_container` for shutdown: passes an open breaker.
+    pub async fn remove_container_at_shutdown(&self, id: &str) -> Result<(), DockerError> {
+        self.remove_container_as(id, Admission::Shutdown).await
+    }
+
+    async fn remove_container_as(&self, id: &str, admission: Admission) -> Result<(), DockerError> {
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
         match self
-            .call("remove_container", true, Admission::Upkeep, || {
+            .call("remove_container", true, admission, || {
                 self.docker.remove_container(id, Some(options.clone()))
             })
             .await
@@ -463,6 +539,23 @@ impl DockerGate {
 
     /// Every sandbox container of `instance_id`, running or not.
     pub async fn list_sandboxes(&self, instance_id: &str) -> Result<Vec<SandboxInfo>, DockerError> {
+        self.list_sandboxes_as(instance_id, Admission::Upkeep).await
+    }
+
+    /// `list_sandboxes` for shutdown: passes an open breaker.
+    pub async fn list_sandboxes_at_shutdown(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<SandboxInfo>, DockerError> {
+        self.list_sandboxes_as(instance_id, Admission::Shutdown)
+            .await
+    }
+
+    async fn list_sandboxes_as(
+        &self,
+        instance_id: &str,
+        admission: Admission,
+    ) -> Result<Vec<SandboxInfo>, DockerError> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![
@@ -475,7 +568,7 @@ impl DockerGate {
             .filters(&filters)
             .build();
         let list = self
-            .call("list_containers", true, Admission::Upkeep, || {
+            .call("list_containers", true, admission, || {
                 self.docker.list_containers(Some(options.clone()))
             })
             .await?;
@@ -508,7 +601,9 @@ impl DockerGate {
             ),
             (
                 "event".to_string(),
-                vec!["die".to_string(), "destroy".to_string(), "oom".to_string()],
+                // Not `oom`: the kernel killing a tenant process for memory leaves the
+                // container (and its supervisor) alive; a container that dies says `die`.
+                vec!["die".to_string(), "destroy".to_string()],
             ),
         ]);
         let options = EventsOptionsBuilder::default().filters(&filters).build();
@@ -557,12 +652,12 @@ impl DockerGate {
         let (exec_id, started) = {
             let permit = self.admit("exec", spec.admission).await?;
             let created = self
-                .attempt("create_exec", &|| {
+                .attempt("create_exec", spec.admission, &|| {
                     self.docker.create_exec(container_id, options.clone())
                 })
                 .await?;
             let started = self
-                .attempt("start_exec", &|| {
+                .attempt("start_exec", spec.admission, &|| {
                     self.docker.start_exec(
                         &created.id,
                         Some(StartExecOptions {
@@ -625,7 +720,8 @@ impl DockerGate {
             }
         }
         let inspected = self
-            .call("inspect_exec", true, spec.admission, || {
+            // The command has run: its result must not be refused as overload now.
+            .call("inspect_exec", true, Admission::Upkeep, || {
                 self.docker.inspect_exec(&exec_id)
             })
             .await?;

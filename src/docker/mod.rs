@@ -16,7 +16,7 @@ pub mod spec;
 pub use breaker::BreakerState;
 pub use error::DockerError;
 pub use gate::{
-    Admission, ContainerEvent, DockerGate, ExecChunk, ExecOutput, ExecSpec, GateStatus,
-    OutputStream, SandboxInfo,
+    Admission, AttachChunk, Attached, ContainerEvent, DockerGate, ExecChunk, ExecOutput, ExecSpec,
+    GateStatus, OutputStream, SandboxInfo,
 };
 pub use spec::SandboxSpec;

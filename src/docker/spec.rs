@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 
 /// Label that marks every container sandpool creates.
 pub const LABEL_APP: &str = "sandpool.app";
@@ -15,20 +15,43 @@ pub const LABEL_ROLE: &str = "sandpool.role";
 /// Role value of a sandbox container.
 pub const ROLE_SANDBOX: &str = "sandbox";
 
-/// The unprivileged user that session commands run as (uid:gid). It owns the writable paths.
+/// The tenant: the unprivileged user (uid:gid) that session commands and file operations run
+/// as. It owns the writable paths.
 pub const SANDBOX_USER: &str = "1000:1000";
-/// The user of the container's own long-lived processes (the init and its keep-alive child).
-/// It differs from [`SANDBOX_USER`] so that the scrub, running as the sandbox user, can kill
-/// every process of the session with one `kill -9 -1` without touching these, and so that a
-/// session cannot kill them either.
-pub const KEEPER_USER: &str = "1001:1001";
+/// The tenant's uid and gid.
+pub const SANDBOX_UID: u32 = 1000;
+pub const SANDBOX_GID: u32 = 1000;
+/// The supervisor inside every sandbox (see `supervisor/`): the container's main process,
+/// under Docker's init, as root with only [`SUPERVISOR_CAPS`]. It drops all of them for every
+/// process it starts for the tenant.
+pub const SUPERVISOR_PATH: &str = "/usr/local/bin/sandpool-supervisor";
+/// The capabilities the supervisor keeps, each for one job: CHOWN/FOWNER/DAC_OVERRIDE to
+/// empty and restore the writable paths whatever the tenant did to their modes; KILL to kill
+/// every tenant process; SETUID/SETGID to become the tenant in a child; SETPCAP to empty a
+/// child's bounding set before it does.
+pub const SUPERVISOR_CAPS: [&str; 7] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "KILL",
+    "SETUID",
+    "SETGID",
+    "SETPCAP",
+];
 /// Home directory of the sandbox user.
 pub const SANDBOX_HOME: &str = "/home/sandbox";
 /// Working directory of session commands.
 pub const WORKSPACE: &str = "/workspace";
-/// Every path a session can write to. The scrub empties each one and the verification checks
-/// that each is empty. Anything else is read-only (the root filesystem) or owned by root.
-pub const WRITABLE_PATHS: [&str; 5] = [WORKSPACE, "/tmp", SANDBOX_HOME, "/dev/shm", "/dev/mqueue"];
+/// Every path a session can write to, with the mode it is restored to and whether the tenant
+/// owns it. The scrub empties each one and the verification checks that each is empty, with
+/// its mode and owner. Anything else is read-only (the root filesystem) or owned by root.
+pub const WRITABLE_PATHS: [(&str, u32, bool); 5] = [
+    (WORKSPACE, 0o755, true),
+    ("/tmp", 0o1777, true),
+    (SANDBOX_HOME, 0o755, true),
+    ("/dev/shm", 0o1777, false),
+    ("/dev/mqueue", 0o1777, false),
+];
 
 /// A sandbox to create: the pool's description, free of Docker types.
 #[derive(Debug, Clone)]
@@ -52,9 +75,11 @@ impl SandboxSpec {
         ])
     }
 
-    /// The hardened create body: read-only root with tmpfs for the writable paths, no
-    /// capabilities, no privilege gain, limits on memory, CPU and processes, no network by
-    /// default, a non-root user and an init process that reaps orphans.
+    /// The hardened create body: read-only root with tmpfs for the writable paths, no privilege
+    /// gain, limits on memory, CPU and processes, no network by default, an init process that
+    /// reaps orphans, and the supervisor as the main process with only its few capabilities
+    /// (tenant processes get none). Its stdin stays open across attaches (the host's requests),
+    /// and nothing it prints is logged by Docker (command output is the tenant's business).
     pub(crate) fn to_create_body(&self) -> ContainerCreateBody {
         let size = self.tmpfs_bytes;
         let tmpfs = HashMap::from([
@@ -76,6 +101,11 @@ impl SandboxSpec {
             tmpfs: Some(tmpfs),
             shm_size: Some(64 << 20),
             cap_drop: Some(vec!["ALL".to_string()]),
+            cap_add: Some(SUPERVISOR_CAPS.iter().map(|c| c.to_string()).collect()),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".to_string()),
+                config: None,
+            }),
             security_opt: Some(vec!["no-new-privileges:true".to_string()]),
             pids_limit: Some(self.pids_limit),
             memory: Some(self.memory_bytes),
@@ -87,9 +117,18 @@ impl SandboxSpec {
         };
         ContainerCreateBody {
             image: Some(self.image.clone()),
-            // The keep-alive child of the init. Busybox's `sleep` takes seconds as an integer.
-            cmd: Some(vec!["sleep".to_string(), "2147483647".to_string()]),
-            user: Some(KEEPER_USER.to_string()),
+            cmd: Some(vec![
+                SUPERVISOR_PATH.to_string(),
+                "--tenant".to_string(),
+                SANDBOX_USER.to_string(),
+            ]),
+            user: Some("0:0".to_string()),
+            open_stdin: Some(true),
+            stdin_once: Some(false),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
             working_dir: Some(WORKSPACE.to_string()),
             env: Some(vec![
                 format!("HOME={SANDBOX_HOME}"),

@@ -11,25 +11,35 @@
 //! This module knows nothing of sessions or sockets, and nothing of bollard: it talks to
 //! Docker only through [`DockerGate`].
 
+mod queue;
 mod scrub;
+pub mod supervisor;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, PoolConfig};
-use crate::docker::{
-    Admission, BreakerState, DockerError, DockerGate, ExecChunk, ExecOutput, ExecSpec, SandboxSpec,
-};
+use crate::docker::{BreakerState, DockerError, DockerGate, SandboxSpec};
+pub use queue::Place;
+use queue::{Demand, Waiter};
+pub use sandpool_supervisor::proto::FileRequest;
 pub use scrub::Verdict;
+use supervisor::SupervisorLink;
+pub use supervisor::{CommandOutput, CommandSpec, OutputChunk, OutputStream, SupervisorError};
+
+/// How long a fresh (or adopted) supervisor has to answer its first ping.
+const SUPERVISOR_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one file operation may take before the supervisor counts as hung.
+const FILE_OP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Containers unknown to the pool but younger than this are left alone by the reconcile loop:
 /// they may be creates whose id the pool has not recorded yet.
@@ -44,12 +54,18 @@ pub enum PoolError {
     /// The pool is shutting down.
     #[error("the pool is shut down")]
     Closed,
+    /// Too many callers already wait for a sandbox.
+    #[error("{waiting} callers already wait for a sandbox (the queue's bound)")]
+    QueueFull { waiting: usize },
     /// The container is not leased (never was, or already released).
     #[error("container {0} is not leased")]
     NotLeased(String),
     /// Creating a container for this caller failed.
     #[error("creating a sandbox failed: {0}")]
     Create(#[source] DockerError),
+    /// The sandbox's supervisor failed the request, or is gone (then so is the sandbox).
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
     /// A Docker call for this caller failed (the breaker is open, the gate is overloaded, an
     /// exec failed).
     #[error(transparent)]
@@ -115,6 +131,10 @@ pub struct PoolStatus {
     pub destroying: usize,
     pub total: usize,
     pub min_idle: usize,
+    /// Idle sandboxes the refill keeps now: `min_idle` raised to cover recent arrivals.
+    pub idle_target: usize,
+    /// Callers queued for a sandbox.
+    pub waiting: usize,
     pub max: usize,
     pub image: String,
     pub instance: String,
@@ -147,6 +167,10 @@ struct Sandbox {
     /// Adopted from another (stopped) instance with a session it held: labeled for that
     /// instance, so it is destroyed on release rather than kept in this pool.
     foreign: bool,
+    /// The link to its supervisor: every command, file operation and scrub goes through it.
+    /// `None` only for a leased container whose supervisor could not be reached (then it is
+    /// also `dead`).
+    link: Option<Arc<SupervisorLink>>,
 }
 
 #[derive(Default)]
@@ -159,6 +183,10 @@ struct State {
     /// Execs in flight per leased container, so that a release waits for them before the
     /// scrub (an exec must never start in a container that is already clean).
     execs: HashMap<String, usize>,
+    /// Callers waiting for a sandbox, in arrival order; a free sandbox goes to the head first.
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+    demand: Demand,
     closed: bool,
 }
 
@@ -183,15 +211,54 @@ impl State {
         lease
     }
 
-    /// Puts a clean container in the idle set while the pool is open and the set is below
-    /// `cap`; otherwise moves it to `destroying` and returns its id, for the caller to destroy.
-    fn park(&mut self, sandbox: Sandbox, cap: usize) -> Option<String> {
+    /// Hands a clean container to the first caller still waiting for one; else puts it in
+    /// the idle set while the pool is open and the set is below `cap`; otherwise moves it to
+    /// `destroying` and returns its id, for the caller to destroy.
+    fn park(&mut self, mut sandbox: Sandbox, cap: usize) -> Option<String> {
+        while !self.closed
+            && let Some(waiter) = self.waiters.pop_front()
+        {
+            let lease = self.lease(sandbox, waiter.started.elapsed());
+            match waiter.tx.send(lease) {
+                Ok(()) => {
+                    self.demand.handout(Instant::now());
+                    self.renumber();
+                    return None;
+                }
+                // That caller left: take it back and try the next.
+                Err(lease) => match self.leased.remove(&lease.container_id) {
+                    Some(mut back) => {
+                        back.uses -= 1;
+                        sandbox = back;
+                    }
+                    None => return None,
+                },
+            }
+        }
+        self.renumber();
         if !self.closed && self.idle.len() < cap {
             self.idle.push_back(sandbox);
             return None;
         }
         self.destroying.insert(sandbox.id.clone());
         Some(sandbox.id)
+    }
+
+    /// Tells every waiter its place.
+    fn renumber(&mut self) {
+        let now = Instant::now();
+        let per_place = self.demand.estimate_ms(now, 1);
+        for (i, waiter) in self.waiters.iter().enumerate() {
+            let place = Place {
+                position: i + 1,
+                estimate_ms: per_place * (i as u64 + 1),
+            };
+            waiter.place.send_if_modified(|p| {
+                let changed = *p != place;
+                *p = place;
+                changed
+            });
+        }
     }
 
     fn knows(&self, id: &str) -> bool {
@@ -212,6 +279,8 @@ struct Inner {
     available: Notify,
     /// Woken when the refill task should look again.
     refill: Notify,
+    /// Woken when an exec ends, for a release waiting for a container's execs to finish.
+    exec_done: Notify,
     observer: Arc<dyn PoolObserver>,
     events: broadcast::Sender<PoolEvent>,
     /// Stops the background tasks.
@@ -255,6 +324,7 @@ impl ContainerPool {
                 state: Mutex::new(State::default()),
                 available: Notify::new(),
                 refill: Notify::new(),
+                exec_done: Notify::new(),
                 observer,
                 events,
                 cancel: CancellationToken::new(),
@@ -295,7 +365,7 @@ impl ContainerPool {
     }
 
     pub fn status(&self) -> PoolStatus {
-        let s = self.state();
+        let mut s = self.state();
         PoolStatus {
             idle: s.idle.len(),
             leased: s.leased.len(),
@@ -304,6 +374,12 @@ impl ContainerPool {
             destroying: s.destroying.len(),
             total: s.total(),
             min_idle: self.inner.config.min_idle,
+            idle_target: s.demand.idle_target(
+                Instant::now(),
+                self.inner.config.min_idle,
+                self.inner.config.idle_cap(),
+            ),
+            waiting: s.waiters.len(),
             max: self.inner.config.max,
             image: self.inner.image.clone(),
             instance: self.inner.instance_id.clone(),
@@ -346,11 +422,21 @@ impl ContainerPool {
     /// With none idle it creates one (under the maximum) or waits for a release until the
     /// acquire deadline.
     pub async fn acquire(&self) -> Result<Lease, PoolError> {
+        self.acquire_queued(&mut |_| {}).await
+    }
+
+    /// `acquire`, telling `on_place` the caller's place in the queue whenever it changes
+    /// while it waits (never when a sandbox is free at once).
+    pub async fn acquire_queued(
+        &self,
+        on_place: &mut (dyn FnMut(Place) + Send),
+    ) -> Result<Lease, PoolError> {
         let started = Instant::now();
-        let result = self.acquire_inner(started).await;
+        let result = self.acquire_inner(started, on_place).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(PoolError::Exhausted { .. }) => "exhausted",
+            Err(PoolError::QueueFull { .. }) => "queue_full",
             Err(PoolError::Closed) => "closed",
             Err(_) => "error",
         };
@@ -358,41 +444,94 @@ impl ContainerPool {
         result
     }
 
-    async fn acquire_inner(&self, started: Instant) -> Result<Lease, PoolError> {
-        let max_wait = Duration::from_millis(self.inner.config.acquire_timeout_ms);
-        let deadline = started + max_wait;
-        loop {
-            let notified = self.inner.available.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let create = {
-                let mut s = self.state();
-                if s.closed {
-                    return Err(PoolError::Closed);
-                }
-                if let Some(sandbox) = s.idle.pop_front() {
-                    let lease = s.lease(sandbox, started.elapsed());
-                    drop(s);
-                    self.inner.refill.notify_one();
-                    return Ok(lease);
-                }
-                let room = s.total() < self.inner.config.max;
-                if room && self.inner.gate.breaker_state() == BreakerState::Open {
+    async fn acquire_inner(
+        &self,
+        started: Instant,
+        on_place: &mut (dyn FnMut(Place) + Send),
+    ) -> Result<Lease, PoolError> {
+        let deadline = started + Duration::from_millis(self.inner.config.acquire_timeout_ms);
+        enum Next {
+            Leased(Lease),
+            Create,
+            Queued(u64, oneshot::Receiver<Lease>, watch::Receiver<Place>),
+        }
+        let next = {
+            let mut s = self.state();
+            if s.closed {
+                return Err(PoolError::Closed);
+            }
+            s.demand.arrival(Instant::now());
+            // Nobody queued: the idle set, else a create of one's own.
+            let free = s.waiters.is_empty();
+            let popped = if free { s.idle.pop_front() } else { None };
+            if let Some(sandbox) = popped {
+                Next::Leased(s.lease(sandbox, started.elapsed()))
+            } else if free && s.total() < self.inner.config.max {
+                if self.inner.gate.breaker_state() == BreakerState::Open {
                     return Err(PoolError::Docker(DockerError::Unavailable));
                 }
-                if room {
-                    s.creating += 1;
-                }
-                room
-            };
-            if create {
-                return self.create_for_caller(started).await;
-            }
-            if timeout_at(deadline, notified).await.is_err() {
-                return Err(PoolError::Exhausted {
-                    waited_ms: started.elapsed().as_millis() as u64,
-                    max: self.inner.config.max,
+                s.creating += 1;
+                Next::Create
+            } else if s.waiters.len() >= self.inner.config.max_waiters {
+                return Err(PoolError::QueueFull {
+                    waiting: s.waiters.len(),
                 });
+            } else {
+                let id = s.next_waiter;
+                s.next_waiter += 1;
+                let (tx, rx) = oneshot::channel();
+                let (place_tx, place_rx) = watch::channel(Place::default());
+                s.waiters.push_back(Waiter {
+                    id,
+                    tx,
+                    place: place_tx,
+                    started,
+                });
+                s.renumber();
+                Next::Queued(id, rx, place_rx)
+            }
+        };
+        let (id, rx, mut place) = match next {
+            Next::Leased(lease) => {
+                self.inner.refill.notify_one();
+                return Ok(lease);
+            }
+            Next::Create => return self.create_for_caller(started).await,
+            Next::Queued(id, rx, place) => (id, rx, place),
+        };
+        // The refill creates for the queue too, when there is room.
+        self.inner.refill.notify_one();
+        let mut queued = Queued {
+            pool: self,
+            id,
+            rx: Some(rx),
+        };
+        on_place(*place.borrow_and_update());
+        loop {
+            let Some(rx) = queued.rx.as_mut() else {
+                return Err(PoolError::Closed);
+            };
+            tokio::select! {
+                lease = rx => {
+                    queued.rx = None;
+                    // A dropped sender: the pool closed with this caller queued.
+                    return lease.map_err(|_| PoolError::Closed);
+                }
+                changed = place.changed() => {
+                    if changed.is_ok() {
+                        on_place(*place.borrow_and_update());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    // Served at the last moment? Then it is this caller's.
+                    if let Some(lease) = queued.leave() {
+                        return Ok(lease);
+                    }
+                    return Err(PoolError::Exhausted {
+                        waited_ms: started.elapsed().as_millis() as u64,
+                        max: self.inner.config.max,
+                    });
+                }
             }
         }
     }
@@ -416,7 +555,11 @@ impl ContainerPool {
                     }
                     Err(e) => {
                         pool.inner.available.notify_one();
-                        let _ = tx.send(Err(PoolError::Create(e)));
+                        let e = match e {
+                            PoolError::Docker(e) => PoolError::Create(e),
+                            other => other,
+                        };
+                        let _ = tx.send(Err(e));
                         return;
                     }
                 }
@@ -452,8 +595,22 @@ impl ContainerPool {
         }
     }
 
+    /// Attaches to a running container's supervisor and waits for its first answer. A link
+    /// that dies later marks the container gone (destroyed, never handed out again).
+    async fn connect(&self, id: &str) -> Result<Arc<SupervisorLink>, PoolError> {
+        let attached = self.inner.gate.attach(id).await?;
+        let pool: Weak<Inner> = Arc::downgrade(&self.inner);
+        let link = SupervisorLink::start(id, attached, move |container_id, why| {
+            if let Some(inner) = pool.upgrade() {
+                ContainerPool { inner }.container_gone(container_id, why);
+            }
+        });
+        link.ping(SUPERVISOR_READY_TIMEOUT).await?;
+        Ok(link)
+    }
+
     /// Creates and starts one container. The caller has counted it in `creating`.
-    async fn create_one(&self) -> Result<Sandbox, DockerError> {
+    async fn create_one(&self) -> Result<Sandbox, PoolError> {
         let started = Instant::now();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("sandpool-{}-{}", self.inner.instance_id, &suffix[..12]);
@@ -470,12 +627,19 @@ impl ContainerPool {
         };
         let result = async {
             let id = self.inner.gate.create_sandbox(&spec).await?;
-            if let Err(e) = self.inner.gate.start_container(&id).await {
-                if let Err(error) = self.inner.gate.remove_container(&id).await {
-                    tracing::warn!(container_id = %id, %error, "removing a container that failed to start failed; the reconcile loop will retry");
+            let link = match self.inner.gate.start_container(&id).await {
+                Ok(()) => self.connect(&id).await,
+                Err(e) => Err(PoolError::Docker(e)),
+            };
+            let link = match link {
+                Ok(link) => link,
+                Err(e) => {
+                    if let Err(error) = self.inner.gate.remove_container(&id).await {
+                        tracing::warn!(container_id = %id, %error, "removing a container that failed to start failed; the reconcile loop will retry");
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
+            };
             Ok(Sandbox {
                 id,
                 name,
@@ -483,12 +647,16 @@ impl ContainerPool {
                 uses: 0,
                 dead: false,
                 foreign: false,
+                link: Some(link),
             })
         }
         .await;
         self.inner
             .observer
             .created(started.elapsed(), result.is_ok());
+        if result.is_ok() {
+            self.state().demand.created(started.elapsed());
+        }
         if let Err(error) = &result {
             tracing::warn!(%error, "creating a sandbox failed");
         }
@@ -527,16 +695,19 @@ impl ContainerPool {
         let age = now_unix() - sandbox.created_unix;
         let reason = if sandbox.dead {
             Some("container died".to_string())
+        } else if self.state().closed {
+            // No scrub for a pool that is going away.
+            Some("pool closed".to_string())
         } else if sandbox.foreign {
             Some("adopted from another instance".to_string())
         } else if sandbox.uses as usize >= c.max_uses {
             Some(format!("served its maximum of {} leases", c.max_uses))
         } else if age >= c.max_age_secs as i64 {
             Some(format!("older than {} s", c.max_age_secs))
-        } else if !self.wait_execs_done(&sandbox.id).await {
+        } else if !self.stop_commands(&sandbox).await {
             Some("execs still running at release".to_string())
         } else {
-            match self.scrub(&sandbox.id).await {
+            match self.scrub(&sandbox).await {
                 Ok(Verdict::Clean) => None,
                 Ok(Verdict::Dirty(found)) => Some(format!("dirty after scrub: {found}")),
                 Err(error) => Some(format!("scrub failed: {error}")),
@@ -547,21 +718,21 @@ impl ContainerPool {
             s.scrubbing.remove(&sandbox.id);
             s.execs.remove(&sandbox.id);
             let idle = s.idle.len();
-            let reason = reason
-                .or_else(|| s.closed.then(|| "pool closed".to_string()))
-                .or_else(|| {
-                    (idle >= self.inner.config.idle_cap())
-                        .then(|| format!("idle set full ({idle} idle)"))
-                });
-            match reason {
-                None => {
-                    s.idle.push_back(sandbox);
-                    RecycleOutcome::Recycled
-                }
+            let reason = reason.or_else(|| s.closed.then(|| "pool closed".to_string()));
+            // Clean: to the first queued caller, else the idle set (within its cap).
+            let reason = match reason {
+                None => s
+                    .park(sandbox, self.inner.config.idle_cap())
+                    .map(|_| format!("idle set full ({idle} idle)")),
                 Some(reason) => {
                     s.destroying.insert(sandbox.id.clone());
-                    RecycleOutcome::Destroyed(reason)
+                    Some(reason)
                 }
+            };
+            match reason {
+                None => RecycleOutcome::Recycled,
+                // Its id is in `destroying` already (`park` or above).
+                Some(reason) => RecycleOutcome::Destroyed(reason),
             }
         };
         match &outcome {
@@ -582,35 +753,44 @@ impl ContainerPool {
         outcome
     }
 
-    /// Runs the scrub-and-verify script.
-    pub async fn scrub(&self, container_id: &str) -> Result<Verdict, DockerError> {
-        let spec = ExecSpec {
-            cmd: scrub::scrub_command(),
-            user: scrub::SCRUB_USER.to_string(),
-            working_dir: Some("/".to_string()),
-            env: vec![],
-            timeout: Duration::from_millis(self.inner.config.scrub_timeout_ms as u64),
-            output_limit: 64 * 1024,
-            admission: Admission::Upkeep,
-        };
-        let out = self.inner.gate.exec(container_id, &spec, None).await?;
-        if out.timed_out {
-            return Ok(Verdict::Dirty("scrub timed out".into()));
+    /// Scrubs a sandbox through its supervisor: every tenant process killed, every writable
+    /// path emptied and restored, then a separate verification pass. No Docker call.
+    async fn scrub(&self, sandbox: &Sandbox) -> Result<Verdict, PoolError> {
+        let link = sandbox
+            .link
+            .as_ref()
+            .ok_or_else(|| SupervisorError::Lost("never connected".into()))?;
+        let within = Duration::from_millis(self.inner.config.scrub_timeout_ms as u64);
+        let verdict = scrub::scrub(link, within).await?;
+        if verdict != Verdict::Clean {
+            // A container that is not clean is never trusted again, its supervisor included.
+            link.kill("dirty after scrub");
         }
-        Ok(scrub::parse_verdict(&out.stdout))
+        Ok(verdict)
+    }
+
+    /// Kills the commands still running in a released container and waits until their calls
+    /// have ended, so that nothing started for the session runs after its scrub.
+    async fn stop_commands(&self, sandbox: &Sandbox) -> bool {
+        if let Some(link) = &sandbox.link {
+            link.kill_all();
+        }
+        self.wait_execs_done(&sandbox.id).await
     }
 
     async fn wait_execs_done(&self, id: &str) -> bool {
         let deadline =
             Instant::now() + Duration::from_millis(self.inner.config.scrub_timeout_ms as u64);
         loop {
+            let notified = self.inner.exec_done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if self.state().execs.get(id).copied().unwrap_or(0) == 0 {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if timeout_at(deadline, notified).await.is_err() {
                 return false;
             }
-            sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -632,6 +812,7 @@ impl ContainerPool {
             .await?
             .filter(|i| i.running && i.is_sandbox)
             .ok_or_else(|| PoolError::NotLeased(container_id.to_string()))?;
+        let link = self.connect(&info.id).await?;
         let mut s = self.state();
         if s.closed {
             return Err(PoolError::Closed);
@@ -651,6 +832,7 @@ impl ContainerPool {
                 uses: 1,
                 dead: false,
                 foreign: true,
+                link: Some(link),
             },
         );
         Ok(())
@@ -675,32 +857,86 @@ impl ContainerPool {
         }
     }
 
-    /// Runs a command in a leased container. Refused for a container that is not leased, so
-    /// that nothing can run in a container that is being scrubbed or is idle.
-    pub async fn exec(
+    /// The supervisor link of a leased container, counted as one call in flight until the
+    /// returned guard goes. Refused for a container that is not leased, so that nothing can
+    /// run in a container that is being scrubbed or is idle.
+    fn leased_link(
         &self,
         container_id: &str,
-        spec: &ExecSpec,
-        sink: Option<&mpsc::Sender<ExecChunk>>,
-    ) -> Result<ExecOutput, PoolError> {
-        {
-            let mut s = self.state();
-            if !s.leased.contains_key(container_id) {
-                return Err(PoolError::NotLeased(container_id.to_string()));
-            }
-            *s.execs.entry(container_id.to_string()).or_insert(0) += 1;
-        }
-        struct Done<'a>(&'a ContainerPool, &'a str);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                let mut s = self.0.state();
-                if let Some(n) = s.execs.get_mut(self.1) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
-        let _done = Done(self, container_id);
-        Ok(self.inner.gate.exec(container_id, spec, sink).await?)
+    ) -> Result<(Arc<SupervisorLink>, InFlight<'_>), PoolError> {
+        let mut s = self.state();
+        let sandbox = s
+            .leased
+            .get(container_id)
+            .ok_or_else(|| PoolError::NotLeased(container_id.to_string()))?;
+        let link = match &sandbox.link {
+            Some(link) if !sandbox.dead && !link.is_dead() => link.clone(),
+            _ => return Err(SupervisorError::Lost("the sandbox died".into()).into()),
+        };
+        *s.execs.entry(container_id.to_string()).or_insert(0) += 1;
+        Ok((
+            link,
+            InFlight {
+                pool: self,
+                container_id: container_id.to_string(),
+            },
+        ))
+    }
+
+    /// Runs a command as the tenant in a leased container, through its supervisor: no Docker
+    /// call. Output is streamed to `sink` as it comes (a full sink slows the command down).
+    /// Dropping the future kills the command's process tree.
+    pub async fn run(
+        &self,
+        container_id: &str,
+        spec: &CommandSpec,
+        sink: Option<&mpsc::Sender<OutputChunk>>,
+    ) -> Result<CommandOutput, PoolError> {
+        let (link, _in_flight) = self.leased_link(container_id)?;
+        Ok(link.run(spec, sink).await?)
+    }
+
+    /// A file operation as the tenant in a leased container, through its supervisor: the
+    /// reply's head as `T` and its body (file contents for a read).
+    pub async fn file<T: serde::de::DeserializeOwned>(
+        &self,
+        container_id: &str,
+        request: &FileRequest,
+        body: Vec<u8>,
+    ) -> Result<(T, Vec<u8>), PoolError> {
+        let (link, _in_flight) = self.leased_link(container_id)?;
+        Ok(link
+            .call(
+                sandpool_supervisor::proto::Kind::File,
+                request,
+                body,
+                FILE_OP_TIMEOUT,
+            )
+            .await?)
+    }
+
+    /// Runs only the verification pass of the scrub in a container (idle or leased), as a
+    /// check from outside: what the next session would find. No Docker call.
+    pub async fn verify(&self, container_id: &str) -> Result<Verdict, PoolError> {
+        let link = {
+            let s = self.state();
+            s.idle
+                .iter()
+                .find(|sb| sb.id == container_id)
+                .or_else(|| s.leased.get(container_id))
+                .and_then(|sb| sb.link.clone())
+                .ok_or_else(|| PoolError::NotLeased(container_id.to_string()))?
+        };
+        let within = Duration::from_millis(self.inner.config.scrub_timeout_ms as u64);
+        Ok(scrub::verify(&link, within).await?)
+    }
+
+    /// Asks a leased container's supervisor whether it is there (a health check; the pool
+    /// does not need it, since a dead link is noticed at once).
+    pub async fn ping(&self, container_id: &str) -> Result<(), PoolError> {
+        let (link, _in_flight) = self.leased_link(container_id)?;
+        link.ping(SUPERVISOR_READY_TIMEOUT).await?;
+        Ok(())
     }
 
     /// Removes a container and frees its place. The caller has put its id in `destroying`,
@@ -769,6 +1005,7 @@ impl ContainerPool {
             "found containers of this instance from an earlier run"
         );
         let mut to_scrub = Vec::new();
+        let mut kept = Vec::new();
         {
             let mut s = self.state();
             for info in found {
@@ -779,9 +1016,13 @@ impl ContainerPool {
                     uses: 0,
                     dead: !info.running,
                     foreign: false,
+                    link: None,
                 };
                 let fits = s.total() < self.inner.config.max;
                 if keep_leased.contains(&info.id) && fits {
+                    if info.running {
+                        kept.push(info.id.clone());
+                    }
                     s.leased.insert(info.id, sandbox);
                 } else if info.running && info.image == self.inner.image && fits {
                     s.scrubbing.insert(info.id);
@@ -792,8 +1033,30 @@ impl ContainerPool {
                 }
             }
         }
-        let results = join_all(to_scrub.into_iter().map(|sb| async move {
-            let verdict = self.scrub(&sb.id).await;
+        // Sessions' containers get their link back untouched; a supervisor that does not
+        // answer makes its container dead (the session sees it lost).
+        join_all(kept.into_iter().map(|id| async move {
+            let link = self.connect(&id).await;
+            let mut s = self.state();
+            if let Some(sandbox) = s.leased.get_mut(&id) {
+                match link {
+                    Ok(link) => sandbox.link = Some(link),
+                    Err(error) => {
+                        tracing::warn!(container_id = %id, %error, "a kept sandbox's supervisor does not answer");
+                        sandbox.dead = true;
+                    }
+                }
+            }
+        }))
+        .await;
+        let results = join_all(to_scrub.into_iter().map(|mut sb| async move {
+            let verdict = match self.connect(&sb.id).await {
+                Ok(link) => {
+                    sb.link = Some(link);
+                    self.scrub(&sb).await
+                }
+                Err(e) => Err(e),
+            };
             (sb, verdict)
         }))
         .await;
@@ -834,8 +1097,9 @@ impl ContainerPool {
                 }
                 let have = s.idle.len() + s.creating;
                 let room = c.max.saturating_sub(s.total());
-                let want = c
-                    .min_idle
+                // Idle enough for the demand, plus one for every caller already queued.
+                let target = s.demand.idle_target(Instant::now(), c.min_idle, cap);
+                let want = (target + s.waiters.len())
                     .saturating_sub(have)
                     .min(room)
                     .min(c.create_parallelism);
@@ -1021,7 +1285,12 @@ impl ContainerPool {
     /// and `abandon` begin with this; on its own it serves code that cannot await (a drop
     /// guard).
     pub fn close(&self) {
-        self.state().closed = true;
+        {
+            let mut s = self.state();
+            s.closed = true;
+            // Queued callers hear `Closed` (their sender is dropped).
+            s.waiters.clear();
+        }
         self.inner.cancel.cancel();
         self.inner.available.notify_waiters();
         self.inner.tasks.close();
@@ -1058,7 +1327,9 @@ impl ContainerPool {
         let mut ids: HashSet<String> = known.into_iter().collect();
         match timeout_at(
             deadline,
-            self.inner.gate.list_sandboxes(&self.inner.instance_id),
+            self.inner
+                .gate
+                .list_sandboxes_at_shutdown(&self.inner.instance_id),
         )
         .await
         {
@@ -1071,10 +1342,12 @@ impl ContainerPool {
         let mut left: Vec<String> = ids.into_iter().collect();
         let total = left.len();
         while !left.is_empty() {
-            let results =
-                join_all(left.iter().map(|id| async move {
-                    (id.clone(), gate.remove_container(id).await.is_ok())
-                }));
+            let results = join_all(left.iter().map(|id| async move {
+                (
+                    id.clone(),
+                    gate.remove_container_at_shutdown(id).await.is_ok(),
+                )
+            }));
             let Ok(results) = timeout_at(deadline, results).await else {
                 break;
             };
@@ -1100,6 +1373,66 @@ impl ContainerPool {
         s.scrubbing.clear();
         tracing::info!(removed, "pool shut down");
         removed
+    }
+}
+
+/// A caller's place in the queue. Dropped (the caller gave up or went away), it leaves the
+/// queue, and a sandbox handed over in the meantime goes to the next caller.
+struct Queued<'a> {
+    pool: &'a ContainerPool,
+    id: u64,
+    rx: Option<oneshot::Receiver<Lease>>,
+}
+
+impl Queued<'_> {
+    /// Leaves the queue; returns the lease if one was handed over before.
+    fn leave(&mut self) -> Option<Lease> {
+        let mut rx = self.rx.take()?;
+        let mut s = self.pool.state();
+        if let Some(pos) = s.waiters.iter().position(|w| w.id == self.id) {
+            s.waiters.remove(pos);
+            s.renumber();
+        }
+        drop(s);
+        rx.try_recv().ok()
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.leave() {
+            // Handed over to a caller who is gone: never used, so it goes straight on.
+            let cap = self.pool.inner.config.idle_cap();
+            let surplus = {
+                let mut s = self.pool.state();
+                s.leased
+                    .remove(&lease.container_id)
+                    .and_then(|mut sandbox| {
+                        sandbox.uses = sandbox.uses.saturating_sub(1);
+                        s.park(sandbox, cap)
+                    })
+            };
+            if let Some(id) = surplus {
+                self.pool.spawn_destroy(id);
+            }
+        }
+    }
+}
+
+/// One supervisor call in flight in a leased container; a release waits for these.
+struct InFlight<'a> {
+    pool: &'a ContainerPool,
+    container_id: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut s = self.pool.state();
+        if let Some(n) = s.execs.get_mut(&self.container_id) {
+            *n = n.saturating_sub(1);
+        }
+        drop(s);
+        self.pool.inner.exec_done.notify_waiters();
     }
 }
 

@@ -11,7 +11,9 @@ use tokio_util::task::TaskTracker;
 
 use super::model::{Session, SessionState, new_resume_token, now_ms, token_matches};
 use super::store::{Cutoffs, SessionStore, StoreError, Sweep};
-use crate::pool::{ContainerPool, Lease, PoolError};
+use crate::pool::{
+    CommandOutput, CommandSpec, ContainerPool, Lease, OutputChunk, Place, PoolError,
+};
 
 /// Timing of sessions and of the loops that look after them.
 #[derive(Debug, Clone)]
@@ -99,6 +101,44 @@ pub struct Opened {
     pub session: Session,
     pub resume_token: String,
     pub lease: Lease,
+}
+
+/// A sandbox acquired for a session that is not recorded yet: released when dropped unless
+/// the session took it. When the record may have been written (the write was under way), it
+/// is deleted first, so that no record ever points at a sandbox another session holds.
+struct HeldLease {
+    pool: ContainerPool,
+    store: Arc<dyn SessionStore>,
+    container_id: Option<String>,
+    session_id: Option<String>,
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        let Some(container_id) = self.container_id.take() else {
+            return;
+        };
+        match self.session_id.take() {
+            None => {
+                let _ = self.pool.release(&container_id);
+            }
+            Some(session_id) => {
+                let (pool, store) = (self.pool.clone(), self.store.clone());
+                tokio::spawn(async move {
+                    match store.delete(&session_id).await {
+                        Ok(_) => {
+                            let _ = pool.release(&container_id);
+                        }
+                        // The record stays and keeps the sandbox: the janitor ends it (and
+                        // releases the sandbox) once it expires.
+                        Err(error) => {
+                            tracing::warn!(%session_id, %error, "deleting an abandoned session record failed")
+                        }
+                    }
+                });
+            }
+        }
+    }
 }
 
 /// What a janitor pass did.
@@ -256,20 +296,50 @@ impl SessionManager {
         self.local().get(id).map(|l| l.session.clone())
     }
 
+    /// Runs `command` with `sh -c` as the tenant in the session's sandbox, streaming its output
+    /// to `sink`. The sandbox's supervisor enforces `timeout` (killing the command's whole
+    /// process tree); dropping the future kills it too. No Docker call.
+    pub async fn run_command(
+        &self,
+        container_id: &str,
+        command: &str,
+        timeout: Duration,
+        output_limit: usize,
+        sink: Option<&tokio::sync::mpsc::Sender<OutputChunk>>,
+    ) -> Result<CommandOutput, SessionError> {
+        let spec = CommandSpec::shell(command, timeout, output_limit);
+        Ok(self.inner.pool.run(container_id, &spec, sink).await?)
+    }
+
     /// Opens a new session with a sandbox from the pool.
     pub async fn open(&self) -> Result<Opened, SessionError> {
-        let lease = self.inner.pool.acquire().await?;
-        let (token, hash) = match new_resume_token() {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = self.inner.pool.release(&lease.container_id);
-                return Err(SessionError::Random(e.to_string()));
-            }
+        self.open_queued(&mut |_| {}).await
+    }
+
+    /// `open`, telling `on_place` the caller's place whenever it changes while it waits in
+    /// the pool's queue. Cancel-safe: dropped at any point, it leaks neither the sandbox nor
+    /// a session record.
+    pub async fn open_queued(
+        &self,
+        on_place: &mut (dyn FnMut(Place) + Send),
+    ) -> Result<Opened, SessionError> {
+        let lease = self.inner.pool.acquire_queued(on_place).await?;
+        // Until the session is recorded, the sandbox goes back if this future is dropped or
+        // fails.
+        let mut held = HeldLease {
+            pool: self.inner.pool.clone(),
+            store: self.inner.store.clone(),
+            container_id: Some(lease.container_id.clone()),
+            session_id: None,
         };
+        let (token, hash) = new_resume_token().map_err(|e| SessionError::Random(e.to_string()))?;
         let session = Session::new(&self.inner.instance, &lease.container_id, hash, now_ms());
+        // From here a record may exist: it goes before the sandbox does.
+        held.session_id = Some(session.id.clone());
         if let Err(e) = self.inner.store.put(&session).await {
-            // No record, no session: the sandbox goes back at once.
-            let _ = self.inner.pool.release(&lease.container_id);
+            // The store refused the record: no session, and the sandbox goes back at once
+            // (a put that might have landed is only the cancelled case above).
+            held.session_id = None;
             return Err(e.into());
         }
         self.local().insert(
@@ -279,6 +349,7 @@ impl SessionManager {
                 last_touch_ms: session.last_active_ms,
             },
         );
+        held.container_id = None;
         Ok(Opened {
             session,
             resume_token: token,

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sandpool::config::Config;
-use sandpool::docker::{DockerGate, ExecOutput, ExecSpec};
+use sandpool::docker::DockerGate;
+use sandpool::pool::{CommandOutput, CommandSpec};
 use sandpool::pool::{ContainerPool, NoopObserver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -164,18 +165,13 @@ pub async fn shutdown_leaves_nothing(pool: &ContainerPool, instance: &str) {
     assert!(left.is_empty(), "shutdown left containers: {left:?}");
 }
 
-/// Runs `script` with `sh -c` as the sandbox user in `/workspace`.
-pub async fn sh(pool: &ContainerPool, container: &str, script: &str) -> ExecOutput {
-    let spec = ExecSpec {
-        cmd: vec!["sh".into(), "-c".into(), script.into()],
-        user: "1000:1000".into(),
-        working_dir: Some("/workspace".into()),
-        env: vec!["HOME=/home/sandbox".into()],
-        timeout: Duration::from_secs(20),
-        output_limit: 1 << 20,
-        admission: sandpool::docker::Admission::Request,
-    };
-    pool.exec(container, &spec, None).await.expect("exec runs")
+/// Runs `script` with `sh -c` as the sandbox user in `/workspace`, through the sandbox's
+/// supervisor.
+pub async fn sh(pool: &ContainerPool, container: &str, script: &str) -> CommandOutput {
+    let spec = CommandSpec::shell(script, Duration::from_secs(20), 1 << 20);
+    pool.run(container, &spec, None)
+        .await
+        .expect("command runs")
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -463,35 +459,66 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `GET path` that reports a refused or reset connection as `None` instead of panicking
+/// (for polling a server that is still starting).
+pub async fn try_http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// Starts `sandpool serve` for a test and waits until it is ready. The port comes from
+/// `free_port`, which another test may take between its check and the server's bind; a server
+/// that exits early is started again on another port.
 pub async fn spawn_service(instance: &str, extra: &[(&str, &str)]) -> Service {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut cmd = Command::new(sandpool_bin());
-    cmd.arg("serve")
-        .env("SANDPOOL_LISTEN", addr.to_string())
-        .env("SANDPOOL_INSTANCE_ID", instance)
-        .env("SANDPOOL_POOL_MIN_IDLE", "3")
-        .env("SANDPOOL_POOL_MAX", "6")
-        .env("SANDPOOL_POOL_RECONCILE_INTERVAL_MS", "500")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("binary starts");
-    let service = Service { child, addr };
-    within(90, "service ready", async {
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok()
-                && http_get(addr, "/readyz").await.0 == 200
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(sandpool_bin());
+        cmd.arg("serve")
+            .env("SANDPOOL_LISTEN", addr.to_string())
+            .env("SANDPOOL_INSTANCE_ID", instance)
+            .env("SANDPOOL_POOL_MIN_IDLE", "3")
+            .env("SANDPOOL_POOL_MAX", "6")
+            .env("SANDPOOL_POOL_RECONCILE_INTERVAL_MS", "500")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
         }
-    })
-    .await;
-    service
+        let child = cmd.spawn().expect("binary starts");
+        let mut service = Service { child, addr };
+        let ready = within(90, "service ready", async {
+            loop {
+                if let Ok(Some(status)) = service.child.try_wait() {
+                    eprintln!("sandpool exited while starting ({status}); trying another port");
+                    return false;
+                }
+                // Ready, and ours: another test's server may hold this port.
+                let ours = format!("\"instance\":\"{instance}\"");
+                if try_http_get(addr, "/readyz")
+                    .await
+                    .is_some_and(|(s, _)| s == 200)
+                    && try_http_get(addr, "/api/pool")
+                        .await
+                        .is_some_and(|(_, body)| body.contains(&ours))
+                {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        if ready {
+            return service;
+        }
+    }
+    panic!("sandpool did not start in three tries")
 }
 
 pub fn sigterm_and_wait(mut service: Service) -> std::process::ExitStatus {

@@ -30,7 +30,7 @@ function connect(auth) {
   s.results = [];
   s.requests = [];
   s.expired = [];
-  s.on("error", (e) => s.errors.push(e));
+  s.on("sandpool:error", (e) => s.errors.push(e));
   s.on("tool:output", (o) => s.outputs.push(o));
   s.on("tool:result", (r) => s.results.push(r));
   s.on("tool:request", (r) => s.requests.push(r));
@@ -295,32 +295,72 @@ const scenarios = {
   async exhausted() {
     const a = await session();
     const b = connect();
-    const err = await once(b, "error");
+    const err = await once(b, "sandpool:error");
     assert.equal(err.code, "pool_exhausted");
     await until(() => !b.connected, "exhausted socket closed");
     assert.ok(a.connected);
     return {};
   },
 
-  // Faults behind the Docker gate, switched by the Rust test between steps.
+  // Docker faults, switched by the Rust test between steps. Commands, ends and hand-outs
+  // from the idle set go through the sandboxes' supervisors and need no Docker call, so they
+  // keep working; only a connect that needs a new container sees a typed error.
   async faults() {
+    const pool = async () => (await fetch(`${url}/api/pool`)).json();
+    const poolUntil = async (pred, what) => {
+      const end = Date.now() + TIMEOUT;
+      for (;;) {
+        const p = await pool();
+        if (pred(p)) return p;
+        if (Date.now() > end) throw new Error(`timeout waiting for ${what}: ${JSON.stringify(p)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
     const s = await session();
-    const t = await session();
-    await step("hang"); // Docker stops answering: the one slot is taken by the first call
-    const first = exec(s, "true");
-    await new Promise((r) => setTimeout(r, 300));
-    const second = await exec(t, "true");
-    assert.equal(second.error.code, "overloaded");
+    await poolUntil((p) => p.idle === 1 && p.creating === 0, "the refill to replace the handed-out sandbox");
+    await step("hang"); // Docker stops answering
+    const hung = await exec(s, "echo still-here");
+    assert.equal(hung.ok, true, JSON.stringify(hung));
+    assert.equal(hung.stdout, "still-here\n");
     await step("fail"); // Docker answers 500 from now on
-    const failed = await first; // the hung call times out
-    assert.equal(failed.ok, false);
-    assert.equal(failed.error.code, "internal");
-    const third = await exec(s, "true"); // second failure opens the breaker
-    assert.equal(third.error.code, "internal");
-    const fourth = await exec(s, "true");
-    assert.equal(fourth.error.code, "unavailable");
-    assert.ok(s.connected && t.connected);
+    const t = await session(); // from the idle set: no Docker call
+    const failing = await exec(t, "echo works");
+    assert.equal(failing.stdout, "works\n");
+    // The refill's creates fail now and open the breaker; a connect that needs a create is
+    // refused with a typed error and closed, the others stay.
+    await poolUntil((p) => p.idle === 0 && p.breaker === "open", "the breaker to open");
+    const u = connect();
+    const err = await once(u, "sandpool:error");
+    assert.ok(["unavailable", "internal"].includes(err.code), JSON.stringify(err));
+    await until(() => !u.connected, "refused socket closed");
+    // Ending a session and starting another through the idle set still works.
+    const ended = await ack(t, "session:end");
+    assert.equal(ended.ok, true);
+    await poolUntil((p) => p.idle === 1, "the ended session's sandbox back in the idle set");
+    const v = await session();
+    assert.equal((await exec(v, "echo again")).stdout, "again\n");
+    assert.ok(s.connected && v.connected);
     return {};
+  },
+
+  // Every sandbox taken: a new connection waits in line, hears its place, and gets the
+  // sandbox the moment the holder ends; nobody sees an error.
+  async queue() {
+    const a = await session();
+    const b = connect();
+    const place = await once(b, "queue");
+    assert.equal(place.position, 1);
+    assert.equal(typeof place.estimateMs, "number");
+    const early = await Promise.race([once(b, "session", 500).then(() => "session", () => "waiting")]);
+    assert.equal(early, "waiting", "b waits while a holds the only sandbox");
+    const gotSession = once(b, "session");
+    assert.equal((await ack(a, "session:end")).ok, true);
+    const sess = await gotSession;
+    assert.equal(sess.resumed, false);
+    const r = await exec(b, "echo served");
+    assert.equal(r.stdout, "served\n");
+    assert.deepEqual(b.errors, []);
+    return { waitedMs: sess.acquireMs };
   },
 
   // The janitor ends an idle session and tells its socket.
