@@ -794,6 +794,15 @@ impl ContainerPool {
         }
     }
 
+    /// Whether the leased container `container_id` died (or its supervisor link did): what
+    /// a `PoolEvent::LeaseLost` said, for a subscriber that missed events.
+    pub fn lease_lost(&self, container_id: &str) -> bool {
+        self.state()
+            .leased
+            .get(container_id)
+            .is_some_and(|sb| sb.dead || sb.link.as_ref().is_none_or(|link| link.is_dead()))
+    }
+
     /// Whether `container_id` is leased from this pool.
     pub fn is_leased(&self, container_id: &str) -> bool {
         self.state().leased.contains_key(container_id)

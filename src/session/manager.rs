@@ -613,7 +613,8 @@ impl SessionManager {
         }
     }
 
-    /// Ends sessions whose sandbox died.
+    /// Ends sessions whose sandbox died. A receiver that lagged behind has missed events, so
+    /// it asks the pool about every local session's sandbox instead of skipping them.
     async fn watch_pool(&self) {
         let mut events = self.inner.pool.subscribe();
         loop {
@@ -621,21 +622,35 @@ impl SessionManager {
                 _ = self.inner.cancel.cancelled() => return,
                 event = events.recv() => event,
             };
-            let container_id = match event {
-                Ok(crate::pool::PoolEvent::LeaseLost { container_id }) => container_id,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            let lost: Vec<String> = match event {
+                Ok(crate::pool::PoolEvent::LeaseLost { container_id }) => vec![container_id],
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "missed sandbox events; checking every session");
+                    self.local()
+                        .values()
+                        .map(|l| l.session.container_id.clone())
+                        .filter(|c| self.inner.pool.lease_lost(c))
+                        .collect()
+                }
                 Err(_) => return,
             };
-            let id = self
-                .local()
-                .iter()
-                .find(|(_, l)| l.session.container_id == container_id)
-                .map(|(id, _)| id.clone());
-            if let Some(id) = id
-                && let Err(error) = self.end(&id, EndReason::SandboxLost).await
-            {
-                tracing::warn!(session_id = %id, %error, "ending a session whose sandbox died failed");
+            for container_id in lost {
+                self.end_lost(&container_id).await;
             }
+        }
+    }
+
+    /// Ends the local session whose sandbox is `container_id`, which died.
+    async fn end_lost(&self, container_id: &str) {
+        let id = self
+            .local()
+            .iter()
+            .find(|(_, l)| l.session.container_id == container_id)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = id
+            && let Err(error) = self.end(&id, EndReason::SandboxLost).await
+        {
+            tracing::warn!(session_id = %id, %error, "ending a session whose sandbox died failed");
         }
     }
 
