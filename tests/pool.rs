@@ -274,43 +274,7 @@ async fn release_wipes_files_and_kills_processes_before_the_next_holder() {
 /// must fail verification.
 #[cfg(target_arch = "x86_64")]
 fn shm_maker_base64() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("shm.c");
-    std::fs::write(
-        &src,
-        r#"
-static long sys3(long n, long a, long b, long c) {
-    long r;
-    __asm__ volatile ("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
-    return r;
-}
-void _start(void) {
-    long id = sys3(29, 0, 4096, 01000 | 0600); /* shmget(IPC_PRIVATE, 4096, IPC_CREAT|0600) */
-    sys3(60, id < 0 ? 1 : 0, 0, 0);            /* exit */
-}
-"#,
-    )
-    .unwrap();
-    let bin = dir.path().join("shm");
-    let out = std::process::Command::new("gcc")
-        .args(["-static", "-nostdlib", "-Os", "-s", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("gcc runs");
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bytes = std::fs::read(&bin).unwrap();
-    let out = std::process::Command::new("base64")
-        .arg("-w0")
-        .arg(&bin)
-        .output()
-        .expect("base64 runs");
-    assert!(!bytes.is_empty());
-    String::from_utf8(out.stdout).unwrap()
+    static_program_base64("shm", SHM_MAKER_C)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -106,27 +106,6 @@ fn write_req(path: &str) -> FileRequest {
     }
 }
 
-/// Standard base64 (with padding), for bytes carried inside a shell command.
-fn b64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = match chunk.len() {
-            3 => (chunk[0] as u32) << 16 | (chunk[1] as u32) << 8 | chunk[2] as u32,
-            2 => (chunk[0] as u32) << 16 | (chunk[1] as u32) << 8,
-            _ => (chunk[0] as u32) << 16,
-        };
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Real supervisor frames saying "clean, nothing found" for every id in `ids`: what a tenant
 /// would print to pass a dirty sandbox off as clean, if its bytes reached the host link.
 fn fake_clean_verdicts(ids: std::ops::RangeInclusive<u32>) -> Vec<u8> {
@@ -355,40 +334,10 @@ async fn wait_removed(instance: &str, id: &str, secs: u64) {
     .await;
 }
 
-/// A static x86-64 program that creates a System V shared memory segment and exits (see
-/// `tests/pool.rs`).
+/// A static x86-64 program that creates a System V shared memory segment and exits.
 #[cfg(target_arch = "x86_64")]
 fn shm_maker_base64() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("shm.c");
-    std::fs::write(
-        &src,
-        r#"
-static long sys3(long n, long a, long b, long c) {
-    long r;
-    __asm__ volatile ("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
-    return r;
-}
-void _start(void) {
-    long id = sys3(29, 0, 4096, 01000 | 0600); /* shmget(IPC_PRIVATE, 4096, IPC_CREAT|0600) */
-    sys3(60, id < 0 ? 1 : 0, 0, 0);            /* exit */
-}
-"#,
-    )
-    .unwrap();
-    let bin = dir.path().join("shm");
-    let out = std::process::Command::new("gcc")
-        .args(["-static", "-nostdlib", "-Os", "-s", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("gcc runs");
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    b64(&std::fs::read(&bin).unwrap())
+    static_program_base64("shm", SHM_MAKER_C)
 }
 
 /// A static x86-64 program that calls fork(2) in a loop forever, in every process it makes:
@@ -396,33 +345,19 @@ void _start(void) {
 /// pinned for as long as it is left alive.
 #[cfg(target_arch = "x86_64")]
 fn fork_bomb_base64() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("bomb.c");
-    std::fs::write(
-        &src,
-        r#"
-void _start(void) {
-    for (;;) {
-        long r;
-        __asm__ volatile ("syscall" : "=a"(r) : "a"(57L) : "rcx", "r11", "memory"); /* fork */
-    }
+    static_program_base64("bomb", FORK_BOMB_C)
 }
-"#,
-    )
-    .unwrap();
-    let bin = dir.path().join("bomb");
-    let out = std::process::Command::new("gcc")
-        .args(["-static", "-nostdlib", "-Os", "-s", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .expect("gcc runs");
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    b64(&std::fs::read(&bin).unwrap())
+
+/// A warm pool (min idle 1, max 2) of a fresh instance, and one sandbox leased from it.
+async fn leased_sandbox(name: &str) -> (String, Cleanup, ContainerPool, String) {
+    let instance = unique_instance(name);
+    let cleanup = Cleanup::new(&instance);
+    let config = small_config(&instance, 1, 2);
+    let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
+    let lease = within(30, "acquire", pool.acquire())
+        .await
+        .expect("acquire");
+    (instance, cleanup, pool, lease.container_id)
 }
 
 fn small_config(instance: &str, min_idle: usize, max: usize) -> sandpool::config::Config {
@@ -438,14 +373,7 @@ fn small_config(instance: &str, min_idle: usize, max: usize) -> sandpool::config
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_run_as_the_tenant_with_no_capabilities() {
-    let instance = unique_instance("sv-tenant");
-    let cleanup = Cleanup::new(&instance);
-    let config = small_config(&instance, 1, 2);
-    let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
-    let lease = within(30, "acquire", pool.acquire())
-        .await
-        .expect("acquire");
-    let id = lease.container_id.clone();
+    let (instance, _cleanup, pool, id) = leased_sandbox("sv-tenant").await;
 
     let out = run_sh(&pool, &id, "id -u; id -g; id -G").await;
     assert_eq!(
@@ -579,14 +507,7 @@ async fn commands_run_as_the_tenant_with_no_capabilities() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tenant_can_open_its_own_stdio_by_name() {
-    let instance = unique_instance("sv-stdio");
-    let cleanup = Cleanup::new(&instance);
-    let config = small_config(&instance, 1, 2);
-    let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
-    let lease = within(30, "acquire", pool.acquire())
-        .await
-        .expect("acquire");
-    let id = lease.container_id.clone();
+    let (instance, _cleanup, pool, id) = leased_sandbox("sv-stdio").await;
 
     // A command's own stdio can be opened by name, as with any process: `docker exec` gave
     // the tenant its pipes, and `echo msg > /dev/stderr` is a common idiom.
@@ -607,14 +528,7 @@ async fn the_tenant_can_open_its_own_stdio_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_commands_of_one_session_run_at_once_and_output_is_bounded() {
-    let instance = unique_instance("sv-concur");
-    let cleanup = Cleanup::new(&instance);
-    let config = small_config(&instance, 1, 2);
-    let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
-    let lease = within(30, "acquire", pool.acquire())
-        .await
-        .expect("acquire");
-    let id = lease.container_id.clone();
+    let (instance, _cleanup, pool, id) = leased_sandbox("sv-concur").await;
 
     // Four one-second commands at once take about one second, not four.
     let started = Instant::now();
@@ -790,14 +704,7 @@ async fn timeout_and_drop_kill_the_whole_tree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_operations_act_as_the_tenant() {
-    let instance = unique_instance("sv-files");
-    let cleanup = Cleanup::new(&instance);
-    let config = small_config(&instance, 1, 2);
-    let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
-    let lease = within(30, "acquire", pool.acquire())
-        .await
-        .expect("acquire");
-    let id = lease.container_id.clone();
+    let (instance, _cleanup, pool, id) = leased_sandbox("sv-files").await;
 
     // Write, read back, append, partial read.
     let (w, _) = file::<Written>(&pool, &id, write_req("/workspace/a.txt"), b"hello")
@@ -1150,14 +1057,7 @@ echo "=== END"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tenant_cannot_touch_the_supervisor() {
-    let instance = unique_instance("sv-attack");
-    let cleanup = Cleanup::new(&instance);
-    let config = small_config(&instance, 1, 2);
-    let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
-    let lease = within(30, "acquire", pool.acquire())
-        .await
-        .expect("acquire");
-    let id = lease.container_id.clone();
+    let (instance, _cleanup, pool, id) = leased_sandbox("sv-attack").await;
 
     let sup = supervisor_pid(&pool, &id).await;
     let (state_before, start_before) = outside_stat(&id, sup);
@@ -1272,14 +1172,7 @@ echo printing
 #[cfg(target_arch = "x86_64")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_verdicts_cannot_make_a_dirty_sandbox_pass() {
-    let instance = unique_instance("sv-liar");
-    let cleanup = Cleanup::new(&instance);
-    let config = small_config(&instance, 1, 2);
-    let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
-    let lease = within(30, "acquire", pool.acquire())
-        .await
-        .expect("acquire");
-    let id = lease.container_id.clone();
+    let (instance, _cleanup, pool, id) = leased_sandbox("sv-liar").await;
 
     let mut spec = shell(
         &DIRTY_AND_LYING.replace("SHM", &shm_maker_base64()),

@@ -44,10 +44,7 @@ pub(crate) async fn scrub(
     link: &SupervisorLink,
     within: Duration,
 ) -> Result<Verdict, SupervisorError> {
-    let (report, _) = link
-        .call::<Report>(Kind::Scrub, &request(), Vec::new(), within)
-        .await?;
-    Ok(judge(&report))
+    ask(link, Kind::Scrub, within).await
 }
 
 /// Only the verification pass, for checks from outside (tests, diagnostics).
@@ -55,8 +52,16 @@ pub(crate) async fn verify(
     link: &SupervisorLink,
     within: Duration,
 ) -> Result<Verdict, SupervisorError> {
+    ask(link, Kind::Verify, within).await
+}
+
+async fn ask(
+    link: &SupervisorLink,
+    kind: Kind,
+    within: Duration,
+) -> Result<Verdict, SupervisorError> {
     let (report, _) = link
-        .call::<Report>(Kind::Verify, &request(), Vec::new(), within)
+        .call::<Report>(kind, &request(), Vec::new(), within)
         .await?;
     Ok(judge(&report))
 }

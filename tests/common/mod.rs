@@ -542,3 +542,69 @@ pub fn sigterm_and_wait(mut service: Service) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Standard base64 (with padding), for bytes carried inside a shell command.
+pub fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = match chunk.len() {
+            3 => (chunk[0] as u32) << 16 | (chunk[1] as u32) << 8 | chunk[2] as u32,
+            2 => (chunk[0] as u32) << 16 | (chunk[1] as u32) << 8,
+            _ => (chunk[0] as u32) << 16,
+        };
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A C program with no libc (`_start` and raw syscalls) that creates a System V shared memory
+/// segment and exits: the segment outlives every process.
+pub const SHM_MAKER_C: &str = r#"
+static long sys3(long n, long a, long b, long c) {
+    long r;
+    __asm__ volatile ("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return r;
+}
+void _start(void) {
+    long id = sys3(29, 0, 4096, 01000 | 0600); /* shmget(IPC_PRIVATE, 4096, IPC_CREAT|0600) */
+    sys3(60, id < 0 ? 1 : 0, 0, 0);            /* exit */
+}
+"#;
+
+/// A C program with no libc that forks in a loop forever, in every process it makes.
+pub const FORK_BOMB_C: &str = r#"
+void _start(void) {
+    for (;;) {
+        long r;
+        __asm__ volatile ("syscall" : "=a"(r) : "a"(57L) : "rcx", "r11", "memory"); /* fork */
+    }
+}
+"#;
+
+/// Compiles `source` (no libc, `_start`) into a static x86-64 program with gcc and returns it
+/// base64-encoded, ready to be written into a sandbox by a command.
+pub fn static_program_base64(name: &str, source: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let bin = dir.path().join(name);
+    let out = Command::new("gcc")
+        .args(["-static", "-nostdlib", "-Os", "-s", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("gcc runs");
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b64(&std::fs::read(&bin).unwrap())
+}
