@@ -936,3 +936,46 @@ async fn release_after_end_scrubs_before_the_next_session() {
     assert_eq!(text(&out.stdout).trim(), "0");
     stop(&m).await;
 }
+
+/// An `open` dropped while its session record is being written (a client gone, a handler
+/// cancelled) leaks neither the sandbox nor the record: the record, if it landed, is deleted
+/// and then the sandbox goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_dropped_while_writing_its_record_leaks_nothing() {
+    let server = RedisServer::start().await;
+    let instance = unique_instance("open-drop");
+    let cleanup = Cleanup::new(&instance);
+    let store = redis_store(&server).await;
+    let (m, _) = manager(
+        store.clone(),
+        &manager_config(&instance, 1, 2),
+        fast_settings(),
+        &cleanup,
+    )
+    .await;
+    server.freeze(true);
+    // The write of the record hangs; the caller gives up.
+    let dropped = tokio::time::timeout(Duration::from_millis(500), m.open()).await;
+    assert!(dropped.is_err(), "open finished although Redis was frozen");
+    assert_eq!(
+        m.pool().status().leased,
+        1,
+        "the sandbox is held until the store answers"
+    );
+    server.freeze(false);
+    within(30, "the sandbox goes back", async {
+        while m.pool().status().leased != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        store.count().await.unwrap(),
+        0,
+        "no orphaned session record"
+    );
+    // And the pool still serves.
+    let opened = within(30, "open after", m.open()).await.expect("open");
+    assert!(m.end(&opened.session.id, EndReason::Ended).await.unwrap());
+    stop(&m).await;
+}
