@@ -189,6 +189,12 @@ pub struct PoolConfig {
     #[arg(long = "pool-reconcile-interval-ms", env = "SANDPOOL_POOL_RECONCILE_INTERVAL_MS", default_value = "30000", value_parser = parse_positive("SANDPOOL_POOL_RECONCILE_INTERVAL_MS"))]
     pub reconcile_interval_ms: usize,
 
+    /// A container of this instance that the pool does not know and that is not being created
+    /// is removed by the reconcile loop once it is older than this, in milliseconds (a create
+    /// that failed half-way). Default 60000.
+    #[arg(long = "pool-reconcile-grace-ms", env = "SANDPOOL_POOL_RECONCILE_GRACE_MS", default_value = "60000", value_parser = parse_env::<u64>("SANDPOOL_POOL_RECONCILE_GRACE_MS"))]
+    pub reconcile_grace_ms: u64,
+
     /// Upper bound on the scrub-and-verify of one released container, in milliseconds.
     /// Default 10000.
     #[arg(long = "pool-scrub-timeout-ms", env = "SANDPOOL_POOL_SCRUB_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive("SANDPOOL_POOL_SCRUB_TIMEOUT_MS"))]
@@ -244,6 +250,7 @@ impl Default for PoolConfig {
             max_waiters: 1000,
             create_parallelism: 4,
             reconcile_interval_ms: 30_000,
+            reconcile_grace_ms: 60_000,
             scrub_timeout_ms: 10_000,
             memory_bytes: 512 << 20,
             cpus: 1.0,

@@ -979,3 +979,69 @@ async fn an_open_dropped_while_writing_its_record_leaks_nothing() {
     assert!(m.end(&opened.session.id, EndReason::Ended).await.unwrap());
     stop(&m).await;
 }
+
+/// An instance whose heartbeat lapsed while it was alive finds, at its next catch-up, that
+/// another instance took over one of its sessions: it gives up that lease (its pool slot is
+/// free again) and never scrubs or removes the container, which it still labels as its own,
+/// not even at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_instance_hands_over_a_session_taken_while_its_heartbeat_lapsed() {
+    let server = RedisServer::start().await;
+    let (ia, ib) = (unique_instance("lapse-a"), unique_instance("lapse-b"));
+    let (ca, cb) = (Cleanup::new(&ia), Cleanup::new(&ib));
+    let mut settings = fast_settings();
+    // Long enough that a's heartbeat loop does not write the key again during the test.
+    settings.heartbeat_ttl = Duration::from_secs(120);
+    let (a, _) = manager(
+        redis_store(&server).await,
+        &manager_config(&ia, 1, 2),
+        settings.clone(),
+        &ca,
+    )
+    .await;
+    let (b, _) = manager(
+        redis_store(&server).await,
+        &manager_config(&ib, 0, 2),
+        settings,
+        &cb,
+    )
+    .await;
+    let opened = a.open().await.expect("open on a");
+    let container = opened.lease.container_id.clone();
+    sh(a.pool(), &container, "echo kept > /workspace/note").await;
+    a.detach(&opened.session.id).await;
+
+    // a's heartbeat lapses although a is alive (a network partition, a long pause).
+    server.cli(&["DEL", &format!("{PREFIX}heartbeat:{ia}")]);
+    let taken = within(
+        30,
+        "take over",
+        b.resume(&opened.session.id, &opened.resume_token),
+    )
+    .await
+    .expect("take over");
+    assert_eq!(taken.owner, ib);
+
+    // a catches up: the session is b's, and so is the sandbox.
+    a.catch_up().await;
+    assert!(a.local_session(&opened.session.id).is_none());
+    assert!(
+        !a.pool().is_leased(&container),
+        "a gave up the lease of the container b now serves"
+    );
+    assert_eq!(a.pool().status().leased, 0, "a's pool slot is free again");
+    // a's reconcile runs (it lists its label, which the container still carries) and a shuts
+    // down: neither touches b's sandbox.
+    a.pool().reconcile_once().await;
+    stop(&a).await;
+    let out = sh(b.pool(), &container, "cat /workspace/note").await;
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "kept",
+        "b's session keeps its files"
+    );
+    assert!(b.end(&opened.session.id, EndReason::Ended).await.unwrap());
+    stop(&b).await;
+    drop(ca);
+    assert!(labeled_containers(&ia).is_empty());
+}

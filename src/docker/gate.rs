@@ -72,6 +72,8 @@ pub struct GateStatus {
 #[derive(Debug, Clone)]
 pub struct SandboxInfo {
     pub id: String,
+    /// The container's name, without Docker's leading `/`.
+    pub name: String,
     pub running: bool,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: i64,
@@ -523,6 +525,12 @@ impl DockerGate {
                         l.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_SANDBOX)
                             && l.get(LABEL_APP).map(String::as_str) == Some("sandpool")
                     }),
+                name: c
+                    .name
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
                 id: c.id.unwrap_or_else(|| id.to_string()),
                 running: c.state.and_then(|s| s.running).unwrap_or(false),
                 created_unix: c
@@ -576,6 +584,12 @@ impl DockerGate {
             .into_iter()
             .filter_map(|c| {
                 Some(SandboxInfo {
+                    name: c
+                        .names
+                        .as_ref()
+                        .and_then(|n| n.first())
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_default(),
                     id: c.id?,
                     running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
                     created_unix: c.created.unwrap_or(0),

@@ -47,10 +47,6 @@ const SUPERVISOR_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one file operation may take before the supervisor counts as hung.
 const FILE_OP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Containers unknown to the pool but younger than this are left alone by the reconcile loop:
-/// they may be creates whose id the pool has not recorded yet.
-const UNKNOWN_CONTAINER_GRACE_SECS: i64 = 60;
-
 /// Why a pool operation failed. Each variant names the phase.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -192,6 +188,12 @@ struct State {
     /// Callers waiting for a sandbox, in arrival order; a free sandbox goes to the head first.
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
+    /// Containers of this instance (by label) that another instance took over with their
+    /// session: no longer this pool's to scrub, reconcile or remove.
+    handed_over: HashSet<String>,
+    /// Names of the containers being created right now (create, start, attach, first ping),
+    /// so that the reconcile loop never takes one for a stray, however slow it is.
+    creating_names: HashSet<String>,
     demand: Demand,
     closed: bool,
 }
@@ -268,7 +270,8 @@ impl State {
     }
 
     fn knows(&self, id: &str) -> bool {
-        self.leased.contains_key(id)
+        self.handed_over.contains(id)
+            || self.leased.contains_key(id)
             || self.scrubbing.contains(id)
             || self.destroying.contains(id)
             || self.idle.iter().any(|s| s.id == id)
@@ -553,6 +556,9 @@ impl ContainerPool {
             let leased = {
                 let mut s = pool.state();
                 s.creating -= 1;
+                if let Ok(sandbox) = &created {
+                    s.creating_names.remove(&sandbox.name);
+                }
                 match created {
                     Ok(sandbox) if !s.closed => Ok(s.lease(sandbox, started.elapsed())),
                     Ok(sandbox) => {
@@ -620,6 +626,9 @@ impl ContainerPool {
         let started = Instant::now();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("sandpool-{}-{}", self.inner.instance_id, &suffix[..12]);
+        // Known by name before Docker hears of it; the caller forgets the name when it records
+        // the container, in the same critical section, so there is no moment in between.
+        self.state().creating_names.insert(name.clone());
         let c = &self.inner.config;
         let spec = SandboxSpec {
             name: name.clone(),
@@ -648,7 +657,7 @@ impl ContainerPool {
             };
             Ok(Sandbox {
                 id,
-                name,
+                name: name.clone(),
                 created_unix: now_unix(),
                 uses: 0,
                 dead: false,
@@ -664,6 +673,8 @@ impl ContainerPool {
             self.state().demand.created(started.elapsed());
         }
         if let Err(error) = &result {
+            // Removed already, or left for the reconcile loop, which may now take it.
+            self.state().creating_names.remove(&name);
             tracing::warn!(%error, "creating a sandbox failed");
         }
         result
@@ -798,6 +809,28 @@ impl ContainerPool {
                 return false;
             }
         }
+    }
+
+    /// Gives up a leased container whose session another instance took over: it leaves this
+    /// pool untouched (no scrub, no removal), its link is closed so that only the new holder
+    /// speaks to its supervisor, and its place is free again. Reconcile and shutdown leave it
+    /// alone although it carries this instance's label.
+    pub fn hand_over(&self, container_id: &str) -> bool {
+        let handed = {
+            let mut s = self.state();
+            let handed = s.leased.remove(container_id).is_some();
+            if handed {
+                s.execs.remove(container_id);
+                s.handed_over.insert(container_id.to_string());
+            }
+            handed
+        };
+        if handed {
+            tracing::info!(%container_id, "sandbox handed over to the instance that took its session");
+            self.inner.available.notify_one();
+            self.inner.refill.notify_one();
+        }
+        handed
     }
 
     /// Whether the leased container `container_id` died (or its supervisor link did): what
@@ -1134,6 +1167,9 @@ impl ContainerPool {
                     let mut s = self.state();
                     for result in results {
                         s.creating -= 1;
+                        if let Ok(sandbox) = &result {
+                            s.creating_names.remove(&sandbox.name);
+                        }
                         match result {
                             // Recycles may have filled the idle set while this was created.
                             Ok(sandbox) => {
@@ -1278,9 +1314,14 @@ impl ContainerPool {
                 .filter(|id| known_before.contains(id) && !running.contains(id.as_str()))
                 .collect();
             let now = now_unix();
+            let grace_ms = self.inner.config.reconcile_grace_ms as i64;
             let strays: Vec<String> = listed
                 .iter()
-                .filter(|c| !s.knows(&c.id) && now - c.created_unix > UNKNOWN_CONTAINER_GRACE_SECS)
+                .filter(|c| {
+                    !s.knows(&c.id)
+                        && !s.creating_names.contains(&c.name)
+                        && (now - c.created_unix) * 1000 >= grace_ms
+                })
                 .map(|c| c.id.clone())
                 .collect();
             (gone, strays)
@@ -1350,6 +1391,10 @@ impl ContainerPool {
         {
             Ok(Ok(listed)) => ids.extend(listed.into_iter().map(|c| c.id)),
             _ => tracing::warn!("shutdown: could not list containers, removing the known ones"),
+        }
+        // Another instance's sessions live in these now.
+        for id in &self.state().handed_over {
+            ids.remove(id);
         }
         // Remove them all; a removal refused by the breaker or a transient error is tried
         // again until the deadline.

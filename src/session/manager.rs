@@ -579,7 +579,11 @@ impl SessionManager {
                     }
                 }
                 Ok(Some(stored)) if stored.owner != self.inner.instance => {
+                    // Taken over while this instance's heartbeat lapsed: the sandbox is the
+                    // new owner's now. Give up the lease (no scrub, no removal), or its place
+                    // in the pool would stay taken for good.
                     self.local().remove(&s.id);
+                    self.inner.pool.hand_over(&s.container_id);
                 }
                 Ok(Some(stored))
                     if stored.state == SessionState::Active
