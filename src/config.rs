@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 /// The command line of the `sandpool` binary.
 #[derive(Debug, Parser)]
@@ -83,8 +83,8 @@ pub struct Config {
 
     /// How long graceful shutdown may take before the process exits anyway, in seconds.
     /// Default 30.
-    #[arg(long, env = "SANDPOOL_SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_env::<u64>("SANDPOOL_SHUTDOWN_TIMEOUT_SECS"))]
-    pub shutdown_timeout_secs: u64,
+    #[arg(long = "shutdown-timeout-secs", env = "SANDPOOL_SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_secs("SANDPOOL_SHUTDOWN_TIMEOUT_SECS", false))]
+    pub shutdown_timeout: Duration,
 }
 
 /// Settings of the Docker gate (`src/docker/gate.rs`).
@@ -104,13 +104,13 @@ pub struct GateConfig {
 
     /// How long the open breaker fails fast before it lets one probe through, in milliseconds.
     /// Default 30000.
-    #[arg(long = "docker-breaker-cooldown-ms", env = "SANDPOOL_DOCKER_BREAKER_COOLDOWN_MS", default_value = "30000", value_parser = parse_env::<u64>("SANDPOOL_DOCKER_BREAKER_COOLDOWN_MS"))]
-    pub breaker_cooldown_ms: u64,
+    #[arg(long = "docker-breaker-cooldown-ms", env = "SANDPOOL_DOCKER_BREAKER_COOLDOWN_MS", default_value = "30000", value_parser = parse_ms("SANDPOOL_DOCKER_BREAKER_COOLDOWN_MS", false))]
+    pub breaker_cooldown: Duration,
 
     /// Upper bound on one Docker call, streamed exec output included, in milliseconds.
     /// Default 30000.
-    #[arg(long = "docker-call-timeout-ms", env = "SANDPOOL_DOCKER_CALL_TIMEOUT_MS", default_value = "30000", value_parser = parse_positive("SANDPOOL_DOCKER_CALL_TIMEOUT_MS"))]
-    pub call_timeout_ms: usize,
+    #[arg(long = "docker-call-timeout-ms", env = "SANDPOOL_DOCKER_CALL_TIMEOUT_MS", default_value = "30000", value_parser = parse_ms("SANDPOOL_DOCKER_CALL_TIMEOUT_MS", true))]
+    pub call_timeout: Duration,
 
     /// Attempts of an idempotent call (inspect, list, remove, start, exec inspect) before the
     /// gate gives up. Creates are never retried. Default 3.
@@ -118,31 +118,8 @@ pub struct GateConfig {
     pub retry_attempts: usize,
 
     /// First backoff delay between retries, in milliseconds; it doubles, with jitter. Default 100.
-    #[arg(long = "docker-retry-base-ms", env = "SANDPOOL_DOCKER_RETRY_BASE_MS", default_value = "100", value_parser = parse_env::<u64>("SANDPOOL_DOCKER_RETRY_BASE_MS"))]
-    pub retry_base_ms: u64,
-}
-
-impl Default for GateConfig {
-    fn default() -> Self {
-        Self {
-            max_concurrent: 20,
-            max_queue: 100,
-            breaker_failures: 5,
-            breaker_cooldown_ms: 30_000,
-            call_timeout_ms: 30_000,
-            retry_attempts: 3,
-            retry_base_ms: 100,
-        }
-    }
-}
-
-impl GateConfig {
-    pub fn call_timeout(&self) -> Duration {
-        Duration::from_millis(self.call_timeout_ms as u64)
-    }
-    pub fn breaker_cooldown(&self) -> Duration {
-        Duration::from_millis(self.breaker_cooldown_ms)
-    }
+    #[arg(long = "docker-retry-base-ms", env = "SANDPOOL_DOCKER_RETRY_BASE_MS", default_value = "100", value_parser = parse_ms("SANDPOOL_DOCKER_RETRY_BASE_MS", false))]
+    pub retry_base: Duration,
 }
 
 /// Settings of the container pool (`src/pool/`) and of every sandbox it creates.
@@ -167,13 +144,13 @@ pub struct PoolConfig {
     pub max_uses: usize,
 
     /// Age after which a container is destroyed instead of recycled, in seconds. Default 3600.
-    #[arg(long = "pool-max-age-secs", env = "SANDPOOL_POOL_MAX_AGE_SECS", default_value = "3600", value_parser = parse_env::<u64>("SANDPOOL_POOL_MAX_AGE_SECS"))]
-    pub max_age_secs: u64,
+    #[arg(long = "pool-max-age-secs", env = "SANDPOOL_POOL_MAX_AGE_SECS", default_value = "3600", value_parser = parse_secs("SANDPOOL_POOL_MAX_AGE_SECS", false))]
+    pub max_age: Duration,
 
     /// How long a caller waits in the queue for a container when none is idle and the pool
     /// is at its maximum, in milliseconds (`pool_exhausted` after it). Default 30000.
-    #[arg(long = "pool-acquire-timeout-ms", env = "SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS", default_value = "30000", value_parser = parse_env::<u64>("SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS"))]
-    pub acquire_timeout_ms: u64,
+    #[arg(long = "pool-acquire-timeout-ms", env = "SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS", default_value = "30000", value_parser = parse_ms("SANDPOOL_POOL_ACQUIRE_TIMEOUT_MS", false))]
+    pub acquire_timeout: Duration,
 
     /// Callers that may wait in the queue at once; one more is refused at once with
     /// `queue_full`. Default 1000.
@@ -186,19 +163,19 @@ pub struct PoolConfig {
 
     /// Period of the check that compares the pool with Docker's own list, in milliseconds.
     /// Default 30000.
-    #[arg(long = "pool-reconcile-interval-ms", env = "SANDPOOL_POOL_RECONCILE_INTERVAL_MS", default_value = "30000", value_parser = parse_positive("SANDPOOL_POOL_RECONCILE_INTERVAL_MS"))]
-    pub reconcile_interval_ms: usize,
+    #[arg(long = "pool-reconcile-interval-ms", env = "SANDPOOL_POOL_RECONCILE_INTERVAL_MS", default_value = "30000", value_parser = parse_ms("SANDPOOL_POOL_RECONCILE_INTERVAL_MS", true))]
+    pub reconcile_interval: Duration,
 
     /// A container of this instance that the pool does not know and that is not being created
     /// is removed by the reconcile loop once it is older than this, in milliseconds (a create
     /// that failed half-way). Default 60000.
-    #[arg(long = "pool-reconcile-grace-ms", env = "SANDPOOL_POOL_RECONCILE_GRACE_MS", default_value = "60000", value_parser = parse_env::<u64>("SANDPOOL_POOL_RECONCILE_GRACE_MS"))]
-    pub reconcile_grace_ms: u64,
+    #[arg(long = "pool-reconcile-grace-ms", env = "SANDPOOL_POOL_RECONCILE_GRACE_MS", default_value = "60000", value_parser = parse_ms("SANDPOOL_POOL_RECONCILE_GRACE_MS", false))]
+    pub reconcile_grace: Duration,
 
     /// Upper bound on the scrub-and-verify of one released container, in milliseconds.
     /// Default 10000.
-    #[arg(long = "pool-scrub-timeout-ms", env = "SANDPOOL_POOL_SCRUB_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive("SANDPOOL_POOL_SCRUB_TIMEOUT_MS"))]
-    pub scrub_timeout_ms: usize,
+    #[arg(long = "pool-scrub-timeout-ms", env = "SANDPOOL_POOL_SCRUB_TIMEOUT_MS", default_value = "10000", value_parser = parse_ms("SANDPOOL_POOL_SCRUB_TIMEOUT_MS", true))]
+    pub scrub_timeout: Duration,
 
     /// Memory limit of one sandbox, in bytes. Default 536870912 (512 MiB).
     #[arg(long = "sandbox-memory-bytes", env = "SANDPOOL_SANDBOX_MEMORY_BYTES", default_value = "536870912", value_parser = parse_positive("SANDPOOL_SANDBOX_MEMORY_BYTES"))]
@@ -234,29 +211,6 @@ impl PoolConfig {
             (self.min_idle * 2).max(1)
         } else {
             self.max_idle.max(self.min_idle)
-        }
-    }
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        Self {
-            min_idle: 10,
-            max_idle: 0,
-            max: 100,
-            max_uses: 50,
-            max_age_secs: 3600,
-            acquire_timeout_ms: 30_000,
-            max_waiters: 1000,
-            create_parallelism: 4,
-            reconcile_interval_ms: 30_000,
-            reconcile_grace_ms: 60_000,
-            scrub_timeout_ms: 10_000,
-            memory_bytes: 512 << 20,
-            cpus: 1.0,
-            pids_limit: 256,
-            tmpfs_bytes: 256 << 20,
-            network: "none".into(),
         }
     }
 }
@@ -304,18 +258,6 @@ pub struct ImageConfig {
     pub supervisor_path: String,
 }
 
-impl Default for ImageConfig {
-    fn default() -> Self {
-        Self {
-            image: "sandpool/sandbox:latest".into(),
-            auto_build: true,
-            base_image: "scratch".into(),
-            busybox_path: "/bin/busybox".into(),
-            supervisor_path: String::new(),
-        }
-    }
-}
-
 /// Where sessions live and how long they last.
 #[derive(Debug, Clone, Args)]
 pub struct SessionConfig {
@@ -333,53 +275,26 @@ pub struct SessionConfig {
     pub redis_prefix: String,
 
     /// Period of the expiry janitor, in seconds. Default 10.
-    #[arg(long = "janitor-interval-secs", env = "SANDPOOL_JANITOR_INTERVAL_SECS", default_value = "10", value_parser = parse_positive("SANDPOOL_JANITOR_INTERVAL_SECS"))]
-    pub janitor_interval_secs: usize,
+    #[arg(long = "janitor-interval-secs", env = "SANDPOOL_JANITOR_INTERVAL_SECS", default_value = "10", value_parser = parse_secs("SANDPOOL_JANITOR_INTERVAL_SECS", true))]
+    pub janitor_interval: Duration,
 
     /// Sessions one janitor query fetches and claims at once. Default 100.
     #[arg(long = "janitor-batch", env = "SANDPOOL_JANITOR_BATCH", default_value = "100", value_parser = parse_positive("SANDPOOL_JANITOR_BATCH"))]
     pub janitor_batch: usize,
 
     /// A session idle longer than this is ended, in seconds. Default 900.
-    #[arg(long = "session-idle-ttl-secs", env = "SANDPOOL_SESSION_IDLE_TTL_SECS", default_value = "900", value_parser = parse_positive("SANDPOOL_SESSION_IDLE_TTL_SECS"))]
-    pub idle_ttl_secs: usize,
+    #[arg(long = "session-idle-ttl-secs", env = "SANDPOOL_SESSION_IDLE_TTL_SECS", default_value = "900", value_parser = parse_secs("SANDPOOL_SESSION_IDLE_TTL_SECS", true))]
+    pub idle_ttl: Duration,
 
     /// How long a session whose connection dropped keeps its sandbox for a resume, in
     /// seconds. Default 30.
-    #[arg(long = "reconnect-grace-secs", env = "SANDPOOL_RECONNECT_GRACE_SECS", default_value = "30", value_parser = parse_env::<u64>("SANDPOOL_RECONNECT_GRACE_SECS"))]
-    pub reconnect_grace_secs: u64,
+    #[arg(long = "reconnect-grace-secs", env = "SANDPOOL_RECONNECT_GRACE_SECS", default_value = "30", value_parser = parse_secs("SANDPOOL_RECONNECT_GRACE_SECS", false))]
+    pub reconnect_grace: Duration,
 
     /// Life of this instance's heartbeat key, in seconds; renewed every third of it. Another
     /// instance may take over its sessions once it has lapsed. Default 15.
-    #[arg(long = "heartbeat-ttl-secs", env = "SANDPOOL_HEARTBEAT_TTL_SECS", default_value = "15", value_parser = parse_positive("SANDPOOL_HEARTBEAT_TTL_SECS"))]
-    pub heartbeat_ttl_secs: usize,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            redis_url: None,
-            redis_prefix: "sandpool:".into(),
-            janitor_interval_secs: 10,
-            janitor_batch: 100,
-            idle_ttl_secs: 900,
-            reconnect_grace_secs: 30,
-            heartbeat_ttl_secs: 15,
-        }
-    }
-}
-
-impl SessionConfig {
-    pub fn settings(&self) -> crate::session::SessionSettings {
-        crate::session::SessionSettings {
-            idle_ttl: Duration::from_secs(self.idle_ttl_secs as u64),
-            reconnect_grace: Duration::from_secs(self.reconnect_grace_secs),
-            janitor_interval: Duration::from_secs(self.janitor_interval_secs as u64),
-            janitor_batch: self.janitor_batch,
-            heartbeat_ttl: Duration::from_secs(self.heartbeat_ttl_secs as u64),
-            touch_every: Duration::from_secs(1),
-        }
-    }
+    #[arg(long = "heartbeat-ttl-secs", env = "SANDPOOL_HEARTBEAT_TTL_SECS", default_value = "15", value_parser = parse_secs("SANDPOOL_HEARTBEAT_TTL_SECS", true))]
+    pub heartbeat_ttl: Duration,
 }
 
 /// Limits of the Socket.IO session API.
@@ -395,12 +310,12 @@ pub struct ApiConfig {
     pub max_inflight_per_session: usize,
 
     /// Timeout of a command that names none, in milliseconds. Default 30000.
-    #[arg(long = "exec-default-timeout-ms", env = "SANDPOOL_EXEC_DEFAULT_TIMEOUT_MS", default_value = "30000", value_parser = parse_positive("SANDPOOL_EXEC_DEFAULT_TIMEOUT_MS"))]
-    pub exec_default_timeout_ms: usize,
+    #[arg(long = "exec-default-timeout-ms", env = "SANDPOOL_EXEC_DEFAULT_TIMEOUT_MS", default_value = "30000", value_parser = parse_ms("SANDPOOL_EXEC_DEFAULT_TIMEOUT_MS", true))]
+    pub exec_default_timeout: Duration,
 
     /// Largest `timeoutMs` a command may ask for, in milliseconds. Default 300000.
-    #[arg(long = "exec-max-timeout-ms", env = "SANDPOOL_EXEC_MAX_TIMEOUT_MS", default_value = "300000", value_parser = parse_positive("SANDPOOL_EXEC_MAX_TIMEOUT_MS"))]
-    pub exec_max_timeout_ms: usize,
+    #[arg(long = "exec-max-timeout-ms", env = "SANDPOOL_EXEC_MAX_TIMEOUT_MS", default_value = "300000", value_parser = parse_ms("SANDPOOL_EXEC_MAX_TIMEOUT_MS", true))]
+    pub exec_max_timeout: Duration,
 
     /// Output kept and streamed per stream (stdout, stderr) of one command, in bytes; the
     /// rest is dropped and `truncated` set. Default 1048576.
@@ -408,38 +323,44 @@ pub struct ApiConfig {
     pub exec_output_limit_bytes: usize,
 }
 
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            max_command_bytes: 16 * 1024,
-            max_inflight_per_session: 5,
-            exec_default_timeout_ms: 30_000,
-            exec_max_timeout_ms: 300_000,
-            exec_output_limit_bytes: 1 << 20,
-        }
-    }
-}
-
 impl Config {
-    /// A configuration with every default, for tests and embedding.
+    /// A configuration with every default (the ones written on the fields above, read with
+    /// the environment ignored) and this instance id, for tests and embedding.
     pub fn with_instance(instance_id: impl Into<String>) -> Self {
-        Self {
-            listen: "127.0.0.1:0".parse().expect("static address"),
-            instance_id: instance_id.into(),
-            docker_host: "unix:///var/run/docker.sock".into(),
-            gate: GateConfig::default(),
-            pool: PoolConfig::default(),
-            image: ImageConfig::default(),
-            session: SessionConfig::default(),
-            api: ApiConfig::default(),
-            shutdown_timeout_secs: 30,
-        }
-    }
-
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.shutdown_timeout_secs)
+        let mut config: Config = defaults();
+        config.listen = "127.0.0.1:0".parse().expect("static address");
+        config.instance_id = instance_id.into();
+        config
     }
 }
+
+/// A settings group with every default: the `default_value`s on its fields, with no
+/// argument and the environment ignored, so that each default is written once.
+fn defaults<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults").no_binary_name(true))
+        .mut_args(|arg| arg.env(None::<&str>));
+    let matches = command
+        .try_get_matches_from(std::iter::empty::<String>())
+        .expect("every setting has a default that parses");
+    T::from_arg_matches(&matches).expect("defaults fit their fields")
+}
+
+macro_rules! default_from_args {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                defaults()
+            }
+        }
+    )*};
+}
+default_from_args!(
+    GateConfig,
+    PoolConfig,
+    ImageConfig,
+    SessionConfig,
+    ApiConfig
+);
 
 fn default_instance_id() -> String {
     std::fs::read_to_string("/etc/hostname")
@@ -484,6 +405,30 @@ fn parse_positive(
 ) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync {
     move |value: &str| match value.trim().parse::<usize>() {
         Ok(0) => Err(format!("{var}: must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{var}: {value:?} is not valid: {e}")),
+    }
+}
+
+/// A value parser for a whole number of milliseconds (at least 1 when `positive`).
+fn parse_ms(
+    var: &'static str,
+    positive: bool,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |value: &str| parse_count(var, value, positive).map(Duration::from_millis)
+}
+
+/// A value parser for a whole number of seconds (at least 1 when `positive`).
+fn parse_secs(
+    var: &'static str,
+    positive: bool,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |value: &str| parse_count(var, value, positive).map(Duration::from_secs)
+}
+
+fn parse_count(var: &str, value: &str, positive: bool) -> Result<u64, String> {
+    match value.trim().parse::<u64>() {
+        Ok(0) if positive => Err(format!("{var}: must be at least 1")),
         Ok(n) => Ok(n),
         Err(e) => Err(format!("{var}: {value:?} is not valid: {e}")),
     }

@@ -78,7 +78,7 @@ pub async fn run(
         store,
         pool.clone(),
         &config.instance_id,
-        config.session.settings(),
+        session::SessionSettings::from_config(&config.session),
         recovered,
     )
     .await;
@@ -99,7 +99,6 @@ pub async fn run(
     );
     let (socket_layer, io) = socket_api.layer();
     let app = api::router(api::AppState {
-        pool: pool.clone(),
         sessions: sessions.clone(),
         metrics: Arc::clone(&metrics),
     })
@@ -125,7 +124,7 @@ pub async fn run(
     };
     tracing::info!("shutting down: ending sessions and removing this instance's containers");
     // One deadline for the whole shutdown; each stage takes what is left of it.
-    let deadline = tokio::time::Instant::now() + config.shutdown_timeout();
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     // The pool stops handing out first, so that the sessions' sandboxes are removed rather
     // than scrubbed for a pool that is going away.

@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::docker::{BreakerState, DockerGate};
-use crate::pool::{ContainerPool, PoolObserver, RecycleOutcome};
+use crate::pool::{PoolObserver, RecycleOutcome};
 use crate::session::SessionManager;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,13 +180,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the snapshot gauges refreshed from `pool`.
-    pub fn render(&self, pool: &ContainerPool, sessions: &SessionManager) -> String {
+    pub fn render(&self, sessions: &SessionManager) -> String {
         for (state, n) in sessions.local_counts() {
             self.sessions
                 .get_or_create(&StateLabel { state })
                 .set(n as i64);
         }
-        let status = pool.status();
+        let status = sessions.pool_status();
         for (state, n) in [
             ("idle", status.idle),
             ("leased", status.leased),
@@ -200,7 +200,7 @@ impl Metrics {
         }
         self.pool_idle_target.set(status.idle_target as i64);
         self.pool_waiting.set(status.waiting as i64);
-        let gate = pool.gate().status();
+        let gate = &status.gate;
         self.docker_in_flight.set(gate.in_flight as i64);
         self.docker_queue_depth.set(gate.waiting as i64);
         for state in [

@@ -19,7 +19,7 @@ async fn gate_answers_overloaded_past_its_queue_bound() {
     let mut config = test_config("unused");
     config.gate.max_concurrent = 2;
     config.gate.max_queue = 3;
-    config.gate.call_timeout_ms = 10_000;
+    config.gate.call_timeout = Duration::from_millis(10_000);
     config.gate.retry_attempts = 1;
     let gate = DockerGate::connect(&endpoint.host(), &config.gate)
         .await
@@ -62,9 +62,9 @@ async fn breaker_opens_on_failures_fails_fast_and_closes_after_cooldown() {
     let endpoint = FaultyDocker::start(FaultMode::Fail).await;
     let mut config = test_config("unused");
     config.gate.breaker_failures = 3;
-    config.gate.breaker_cooldown_ms = 400;
+    config.gate.breaker_cooldown = Duration::from_millis(400);
     config.gate.retry_attempts = 3;
-    config.gate.retry_base_ms = 5;
+    config.gate.retry_base = Duration::from_millis(5);
     let gate = DockerGate::connect(&endpoint.host(), &config.gate)
         .await
         .expect("connect");
@@ -122,7 +122,7 @@ async fn open_breaker_stops_refill_but_idle_containers_are_still_handed_out() {
     config.pool.min_idle = 2;
     config.pool.max = 4;
     config.gate.breaker_failures = 2;
-    config.gate.breaker_cooldown_ms = 60_000;
+    config.gate.breaker_cooldown = Duration::from_millis(60_000);
     config.gate.retry_attempts = 1;
     real_gate(&test_config(&instance)).await; // the image, through the real socket
     let gate = DockerGate::connect(&endpoint.host(), &config.gate)
@@ -144,7 +144,7 @@ async fn open_breaker_stops_refill_but_idle_containers_are_still_handed_out() {
         let _ = gate.ping().await;
     }
     assert_eq!(gate.breaker_state(), BreakerState::Open);
-    assert_eq!(pool.status().breaker, BreakerState::Open);
+    assert_eq!(pool.status().gate.breaker, BreakerState::Open);
     assert!(
         pool.is_ready().is_err(),
         "not ready while the breaker is open"

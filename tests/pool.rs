@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use sandpool::pool::{ContainerPool, NoopObserver, PoolError, PoolEvent, RecycleOutcome};
+use sandpool::pool::{ContainerPool, NoopObserver, PoolError, RecycleOutcome};
 
 async fn recycle(pool: &ContainerPool, id: &str) -> RecycleOutcome {
     let rx = pool.release(id).expect("lease is held");
@@ -132,7 +132,7 @@ async fn acquire_from_warm_pool_makes_no_docker_call() {
     let mut config = test_config(&instance);
     // No background call may land in the measured window: no periodic reconcile, and more
     // idle containers than the refill target, so that the acquire does not start a create.
-    config.pool.reconcile_interval_ms = 600_000;
+    config.pool.reconcile_interval = Duration::from_millis(600_000);
     config.pool.min_idle = 1;
     config.pool.max_idle = 3;
     config.pool.max = 3;
@@ -147,9 +147,9 @@ async fn acquire_from_warm_pool_makes_no_docker_call() {
     assert!(pool.wait_idle(2, Duration::from_secs(60)).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..2 {
-        let before = pool.gate().status().calls_total;
+        let before = pool.status().gate.calls_total;
         let lease = pool.acquire().await.expect("acquire");
-        let after = pool.gate().status().calls_total;
+        let after = pool.status().gate.calls_total;
         assert_eq!(before, after, "acquire from a warm pool called Docker");
         assert!(
             lease.waited < Duration::from_millis(50),
@@ -330,7 +330,7 @@ async fn containers_killed_from_outside_are_replaced() {
     config.pool.min_idle = 2;
     config.pool.max = 4;
     let pool = warm_pool(&config, &cleanup).await;
-    let mut events = pool.subscribe();
+    let mut lost = pool.watch_lost();
 
     // An idle one: dropped from the idle set and replaced.
     let victim = labeled_containers(&instance)[0].clone();
@@ -350,11 +350,13 @@ async fn containers_killed_from_outside_are_replaced() {
     let lease = pool.acquire().await.expect("acquire");
     assert_ne!(lease.container_id, victim);
     docker(&["kill", &lease.container_id]);
-    let lost = within(30, "lease lost event", events.recv())
-        .await
-        .expect("event");
-    let PoolEvent::LeaseLost { container_id } = lost;
-    assert_eq!(container_id, lease.container_id);
+    within(30, "lease lost", async {
+        while pool.lost_leases().is_empty() {
+            lost.changed().await.expect("the pool is alive");
+        }
+    })
+    .await;
+    assert_eq!(pool.lost_leases(), vec![lease.container_id.clone()]);
     match recycle(&pool, &lease.container_id).await {
         RecycleOutcome::Destroyed(reason) => assert!(reason.contains("died"), "{reason}"),
         other => panic!("a dead container was recycled: {other:?}"),
@@ -500,8 +502,8 @@ async fn reconcile_never_removes_a_container_that_is_still_being_created() {
     config.pool.min_idle = 8;
     config.pool.max = 8;
     config.pool.create_parallelism = 8;
-    config.pool.reconcile_interval_ms = 50;
-    config.pool.reconcile_grace_ms = 0;
+    config.pool.reconcile_interval = Duration::from_millis(50);
+    config.pool.reconcile_grace = Duration::from_millis(0);
     let gate = real_gate(&config).await;
     let failures = Arc::new(CreateFailures::default());
     let pool = ContainerPool::start(gate, &config, failures.clone(), &HashSet::new())

@@ -97,7 +97,7 @@ async fn a_caller_who_gives_up_leaves_the_line_and_takes_nothing() {
     let mut config = test_config(&instance);
     config.pool.min_idle = 1;
     config.pool.max = 1;
-    config.pool.acquire_timeout_ms = 300;
+    config.pool.acquire_timeout = Duration::from_millis(300);
     let pool = warm_pool(&config, &cleanup).await;
 
     let first = pool.acquire().await.expect("the one sandbox");

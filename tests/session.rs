@@ -38,7 +38,7 @@ async fn store_of(redis: bool, server: &RedisServer) -> Arc<dyn SessionStore> {
 /// Ends every session of `m` and removes its pool's containers.
 async fn stop(m: &SessionManager) {
     m.shutdown(Duration::from_secs(10)).await;
-    m.pool().shutdown(Duration::from_secs(20)).await;
+    m.pool_for_tests().shutdown(Duration::from_secs(20)).await;
 }
 
 fn session(owner: &str, last_active_ms: i64) -> Session {
@@ -319,15 +319,16 @@ async fn manager(
     cleanup.watch(&pool);
     let m = SessionManager::start(store, pool, &config.instance_id, settings, recovered).await;
     let hooks = Arc::new(CountingHooks::default());
-    m.set_hooks(hooks.clone());
+    let weak: std::sync::Weak<CountingHooks> = Arc::downgrade(&hooks);
+    m.set_hooks(weak);
     (m, hooks)
 }
 
 async fn wait_recycled(m: &SessionManager, container: &str) {
     within(30, "sandbox back in the pool", async {
         loop {
-            let st = m.pool().status();
-            if !m.pool().is_leased(container) && st.scrubbing == 0 {
+            let st = m.pool_for_tests().status();
+            if !m.pool_for_tests().is_leased(container) && st.scrubbing == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -361,7 +362,7 @@ async fn resume_needs_the_token_and_keeps_the_sandbox() {
             .contains(&opened.resume_token)
     );
     sh(
-        m.pool(),
+        m.pool_for_tests(),
         &opened.lease.container_id,
         "echo kept > /workspace/f",
     )
@@ -385,7 +386,12 @@ async fn resume_needs_the_token_and_keeps_the_sandbox() {
         "same sandbox"
     );
     assert_eq!(resumed.state, SessionState::Active);
-    let out = sh(m.pool(), &resumed.container_id, "cat /workspace/f").await;
+    let out = sh(
+        m.pool_for_tests(),
+        &resumed.container_id,
+        "cat /workspace/f",
+    )
+    .await;
     assert_eq!(text(&out.stdout).trim(), "kept", "files intact");
 
     assert!(m.end(&opened.session.id, EndReason::Ended).await.unwrap());
@@ -455,7 +461,7 @@ async fn janitor_ends_idle_and_disconnected_sessions_and_releases_their_sandboxe
         assert_eq!(ends.get(&idle.session.id), Some(&vec![EndReason::Idle]));
         assert!(!ends.contains_key(&busy.session.id));
         assert_eq!(
-            m.pool().status().leased,
+            m.pool_for_tests().status().leased,
             1,
             "only busy's sandbox is still leased"
         );
@@ -469,7 +475,7 @@ async fn janitor_ends_idle_and_disconnected_sessions_and_releases_their_sandboxe
             0,
             "shutdown ends every session"
         );
-        m.pool().shutdown(Duration::from_secs(20)).await;
+        m.pool_for_tests().shutdown(Duration::from_secs(20)).await;
         assert!(labeled_containers(&instance).is_empty());
     }
 }
@@ -615,7 +621,7 @@ async fn a_stopped_instances_session_is_taken_over_with_its_container() {
     .await;
     let opened = a.open().await.expect("open on a");
     sh(
-        a.pool(),
+        a.pool_for_tests(),
         &opened.lease.container_id,
         "echo from-a > /workspace/note",
     )
@@ -631,7 +637,7 @@ async fn a_stopped_instances_session_is_taken_over_with_its_container() {
 
     // a stops without ending anything (its heartbeat lapses); its container stays.
     a.abandon().await;
-    a.pool().abandon().await;
+    a.pool_for_tests().abandon().await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let taken = within(
         30,
@@ -649,10 +655,15 @@ async fn a_stopped_instances_session_is_taken_over_with_its_container() {
     // not be mistaken for a dead one of b's.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert!(
-        b.pool().is_leased(&taken.container_id),
+        b.pool_for_tests().is_leased(&taken.container_id),
         "still leased after reconciles"
     );
-    let out = sh(b.pool(), &taken.container_id, "cat /workspace/note").await;
+    let out = sh(
+        b.pool_for_tests(),
+        &taken.container_id,
+        "cat /workspace/note",
+    )
+    .await;
     assert_eq!(text(&out.stdout).trim(), "from-a");
     assert_eq!(
         b.store().owned_by(&ib).await.unwrap(),
@@ -701,7 +712,7 @@ async fn redis_restarted_under_a_running_manager() {
         .expect_err("no store");
     assert!(matches!(err, SessionError::Store(_)), "{err:?}");
     assert_eq!(
-        m.pool().status().leased,
+        m.pool_for_tests().status().leased,
         1,
         "the failed open gave its sandbox back"
     );
@@ -915,7 +926,7 @@ async fn release_after_end_scrubs_before_the_next_session() {
     .await;
     let first = m.open().await.unwrap();
     sh(
-        m.pool(),
+        m.pool_for_tests(),
         &first.lease.container_id,
         "echo private > /workspace/p; sleep 500 >/dev/null 2>&1 &",
     )
@@ -928,7 +939,7 @@ async fn release_after_end_scrubs_before_the_next_session() {
         "pool of one: same container"
     );
     let out = sh(
-        m.pool(),
+        m.pool_for_tests(),
         &second.lease.container_id,
         "ls -A /workspace; ps -o args | grep -c '^sleep 500'; true",
     )
@@ -953,18 +964,25 @@ async fn an_open_dropped_while_writing_its_record_leaks_nothing() {
         &cleanup,
     )
     .await;
+    // Warm first, so that the open leases at once and the time runs out in the write (not in
+    // a create of its own, which a loaded machine can make longer than the timeout).
+    assert!(
+        m.pool_for_tests()
+            .wait_idle(1, Duration::from_secs(60))
+            .await
+    );
     server.freeze(true);
     // The write of the record hangs; the caller gives up.
     let dropped = tokio::time::timeout(Duration::from_millis(500), m.open()).await;
     assert!(dropped.is_err(), "open finished although Redis was frozen");
     assert_eq!(
-        m.pool().status().leased,
+        m.pool_for_tests().status().leased,
         1,
         "the sandbox is held until the store answers"
     );
     server.freeze(false);
     within(30, "the sandbox goes back", async {
-        while m.pool().status().leased != 0 {
+        while m.pool_for_tests().status().leased != 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -1008,7 +1026,12 @@ async fn a_live_instance_hands_over_a_session_taken_while_its_heartbeat_lapsed()
     .await;
     let opened = a.open().await.expect("open on a");
     let container = opened.lease.container_id.clone();
-    sh(a.pool(), &container, "echo kept > /workspace/note").await;
+    sh(
+        a.pool_for_tests(),
+        &container,
+        "echo kept > /workspace/note",
+    )
+    .await;
     a.detach(&opened.session.id).await;
 
     // a's heartbeat lapses although a is alive (a network partition, a long pause).
@@ -1026,15 +1049,19 @@ async fn a_live_instance_hands_over_a_session_taken_while_its_heartbeat_lapsed()
     a.catch_up().await;
     assert!(a.local_session(&opened.session.id).is_none());
     assert!(
-        !a.pool().is_leased(&container),
+        !a.pool_for_tests().is_leased(&container),
         "a gave up the lease of the container b now serves"
     );
-    assert_eq!(a.pool().status().leased, 0, "a's pool slot is free again");
+    assert_eq!(
+        a.pool_for_tests().status().leased,
+        0,
+        "a's pool slot is free again"
+    );
     // a's reconcile runs (it lists its label, which the container still carries) and a shuts
     // down: neither touches b's sandbox.
-    a.pool().reconcile_once().await;
+    a.pool_for_tests().reconcile_once().await;
     stop(&a).await;
-    let out = sh(b.pool(), &container, "cat /workspace/note").await;
+    let out = sh(b.pool_for_tests(), &container, "cat /workspace/note").await;
     assert_eq!(
         text(&out.stdout).trim(),
         "kept",
@@ -1044,4 +1071,64 @@ async fn a_live_instance_hands_over_a_session_taken_while_its_heartbeat_lapsed()
     stop(&b).await;
     drop(ca);
     assert!(labeled_containers(&ia).is_empty());
+}
+
+/// Sandboxes that die together end every one of their sessions, at once and once each:
+/// however busy the manager is ending one, it cannot miss another's death (issue 10, defect
+/// 3: lost-lease news used to be a bounded event stream whose lagging receiver skipped
+/// events; it is now a state the manager reads after each change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_that_die_together_end_every_session() {
+    const N: usize = 6;
+    let instance = unique_instance("die-together");
+    let cleanup = Cleanup::new(&instance);
+    let (m, hooks) = manager(
+        Arc::new(MemoryStore::new()),
+        &manager_config(&instance, N, N),
+        fast_settings(),
+        &cleanup,
+    )
+    .await;
+    assert!(
+        m.pool_for_tests()
+            .wait_idle(N, Duration::from_secs(120))
+            .await
+    );
+    let mut opened = Vec::new();
+    for _ in 0..N {
+        opened.push(within(30, "open", m.open()).await.unwrap());
+    }
+    // One `docker kill` for all of them: their deaths arrive in one burst.
+    let mut args = vec!["kill"];
+    args.extend(opened.iter().map(|o| o.lease.container_id.as_str()));
+    docker(&args);
+    within(20, "every session ends as sandbox_lost", async {
+        loop {
+            let ended = {
+                let ends = hooks.ends.lock().unwrap();
+                opened
+                    .iter()
+                    .filter(|o| {
+                        ends.get(&o.session.id)
+                            .is_some_and(|r| r.contains(&EndReason::SandboxLost))
+                    })
+                    .count()
+            };
+            if ended == N {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let ends = hooks.ends.lock().unwrap().clone();
+    for o in &opened {
+        assert_eq!(
+            ends[&o.session.id],
+            vec![EndReason::SandboxLost],
+            "each session ends exactly once"
+        );
+        assert!(m.local_session(&o.session.id).is_none());
+    }
+    stop(&m).await;
 }

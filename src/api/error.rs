@@ -1,8 +1,6 @@
 //! The stable error codes of the Socket.IO API and the mapping from internal errors to them.
 
-use crate::docker::DockerError;
-use crate::pool::{PoolError, SupervisorError};
-use crate::session::SessionError;
+use crate::session::{Failure, PoolError, SessionError};
 
 /// The error codes a client can see. Stable: clients branch on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,45 +65,37 @@ impl ApiError {
     }
 }
 
-impl From<&DockerError> for ApiError {
-    fn from(e: &DockerError) -> Self {
-        match e {
-            DockerError::Overloaded { .. } => Self::new(
+impl From<&PoolError> for ApiError {
+    fn from(e: &PoolError) -> Self {
+        match e.failure() {
+            Failure::Exhausted => Self::new(ErrorCode::PoolExhausted, e.to_string()),
+            Failure::QueueFull => Self::new(ErrorCode::QueueFull, e.to_string()),
+            Failure::Closed => Self::new(ErrorCode::Unavailable, "the service is shutting down"),
+            Failure::NotLeased => {
+                Self::new(ErrorCode::SessionExpired, "the session's sandbox is gone")
+            }
+            Failure::DockerOverloaded => Self::new(
                 ErrorCode::Overloaded,
                 "the docker gate is overloaded; retry shortly",
             ),
-            DockerError::Unavailable => Self::new(
+            Failure::DockerUnavailable => Self::new(
                 ErrorCode::Unavailable,
                 "docker is unavailable (circuit breaker open); retry later",
             ),
-            other => {
-                tracing::warn!(error = %other, "docker call failed for a client request");
+            Failure::DockerFailed => {
+                tracing::warn!(error = %e, "docker call failed for a client request");
                 Self::new(ErrorCode::Internal, "the sandbox call failed")
             }
-        }
-    }
-}
-
-impl From<&PoolError> for ApiError {
-    fn from(e: &PoolError) -> Self {
-        match e {
-            PoolError::Exhausted { .. } => Self::new(ErrorCode::PoolExhausted, e.to_string()),
-            PoolError::Closed => Self::new(ErrorCode::Unavailable, "the service is shutting down"),
-            PoolError::QueueFull { .. } => Self::new(ErrorCode::QueueFull, e.to_string()),
-            PoolError::NotLeased(_) => {
-                Self::new(ErrorCode::SessionExpired, "the session's sandbox is gone")
-            }
-            PoolError::Create(d) | PoolError::Docker(d) => d.into(),
-            PoolError::Supervisor(SupervisorError::Failed { code, message }) => {
+            Failure::Refused { code, message } => {
                 let code = match code.as_str() {
                     "not_found" => ErrorCode::NotFound,
                     "busy" => ErrorCode::TooManyRequests,
                     _ => ErrorCode::BadRequest,
                 };
-                Self::new(code, message.clone())
+                Self::new(code, message)
             }
-            PoolError::Supervisor(error) => {
-                tracing::warn!(%error, "a sandbox's supervisor is gone");
+            Failure::SandboxDied => {
+                tracing::warn!(error = %e, "a sandbox's supervisor is gone");
                 Self::new(ErrorCode::SessionExpired, "the session's sandbox died")
             }
         }

@@ -11,13 +11,11 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::pool::ContainerPool;
 use crate::session::SessionManager;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: ContainerPool,
     pub sessions: SessionManager,
     pub metrics: Arc<Metrics>,
 }
@@ -74,27 +72,57 @@ async fn healthz() -> &'static str {
 /// 200 when the pool can hand out a sandbox now and the breaker is not open; else 503 with
 /// the reason.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.pool.is_ready() {
+    match state.sessions.readiness() {
         Ok(()) => Json(json!({"ready": true})).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason, "breaker": state.pool.gate().breaker_state()})),
+            Json(json!({
+                "ready": false,
+                "reason": reason,
+                "breaker": state.sessions.pool_status().gate.breaker.as_str(),
+            })),
         )
             .into_response(),
     }
 }
 
-/// The pool's counts, its image and the breaker state, plus the Docker gate's queue.
+/// The pool's counts, its image and the breaker state, the Docker gate's queue, and this
+/// instance's sessions. The wire shape is written here (docs/API.md), not derived from the
+/// pool's types.
 async fn pool_status(State(state): State<AppState>) -> Response {
-    let pool = state.pool.status();
-    let gate = state.pool.gate().status();
-    let mut body = serde_json::to_value(&pool).unwrap_or_else(|_| json!({}));
-    body["gate"] = serde_json::to_value(&gate).unwrap_or_else(|_| json!({}));
-    body["sessions"] = json!({
-        "store": state.sessions.store().kind(),
-        "local": state.sessions.local_counts(),
-    });
-    Json(body).into_response()
+    let pool = state.sessions.pool_status();
+    let gate = &pool.gate;
+    Json(json!({
+        "idle": pool.idle,
+        "leased": pool.leased,
+        "creating": pool.creating,
+        "scrubbing": pool.scrubbing,
+        "destroying": pool.destroying,
+        "total": pool.total,
+        "min_idle": pool.min_idle,
+        "idle_target": pool.idle_target,
+        "waiting": pool.waiting,
+        "max": pool.max,
+        "image": pool.image,
+        "instance": pool.instance,
+        "breaker": gate.breaker.as_str(),
+        "closed": pool.closed,
+        "gate": {
+            "in_flight": gate.in_flight,
+            "waiting": gate.waiting,
+            "max_concurrent": gate.max_concurrent,
+            "max_queue": gate.max_queue,
+            "breaker": gate.breaker.as_str(),
+            "calls_total": gate.calls_total,
+            "failures_total": gate.failures_total,
+            "overloaded_total": gate.overloaded_total,
+        },
+        "sessions": {
+            "store": state.sessions.store().kind(),
+            "local": state.sessions.local_counts(),
+        },
+    }))
+    .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -103,7 +131,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(&state.pool, &state.sessions),
+        state.metrics.render(&state.sessions),
     )
         .into_response()
 }

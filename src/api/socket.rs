@@ -22,8 +22,10 @@ use super::error::{ApiError, ErrorCode};
 use crate::agent::{Agent, ToolProposal};
 use crate::config::ApiConfig;
 use crate::metrics::Metrics;
-use crate::pool::{OutputChunk, OutputStream, Place};
-use crate::session::{EndReason, Session, SessionError, SessionHooks, SessionManager};
+use crate::session::{
+    EndReason, OutputChunk, OutputStream, Place, Session, SessionError, SessionHooks,
+    SessionManager,
+};
 
 /// The event that carries an error to a client that gave no ack. Not `error`: load tools
 /// (artillery's socketio engine) treat a server event named `error` as a failure of their own
@@ -144,8 +146,7 @@ impl SocketApi {
         limits: ApiConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let setup_wait = Duration::from_millis(sessions.pool().config().acquire_timeout_ms)
-            + Duration::from_secs(10);
+        let setup_wait = sessions.acquire_timeout() + Duration::from_secs(10);
         let api = Arc::new(Self {
             sessions,
             agent,
@@ -154,7 +155,8 @@ impl SocketApi {
             bound: Mutex::new(HashMap::new()),
             setup_wait,
         });
-        api.sessions.set_hooks(api.clone());
+        let hooks: std::sync::Weak<SocketApi> = Arc::downgrade(&api);
+        api.sessions.set_hooks(hooks);
         api
     }
 
@@ -495,12 +497,12 @@ fn parse_exec(
     )?;
     let command = check_command(&exec.command, limits)?;
     let timeout_ms = match exec.timeout_ms {
-        None => limits.exec_default_timeout_ms as u64,
-        Some(ms) if ms > 0 && ms <= limits.exec_max_timeout_ms as u64 => ms,
+        None => limits.exec_default_timeout.as_millis() as u64,
+        Some(ms) if ms > 0 && ms <= limits.exec_max_timeout.as_millis() as u64 => ms,
         Some(_) => {
             return Err(ApiError::bad_request(format!(
                 "timeoutMs must be a whole number from 1 to {}",
-                limits.exec_max_timeout_ms
+                limits.exec_max_timeout.as_millis()
             )));
         }
     };
@@ -771,7 +773,7 @@ async fn on_approval(
         }) => {
             // Accepted: the ack now, the result as `tool:result` when the command ends.
             reply.send(&json!({"ok": true, "callId": call_id}));
-            let timeout = Duration::from_millis(api.limits.exec_default_timeout_ms as u64);
+            let timeout = api.limits.exec_default_timeout;
             let result = api.run(&socket, &conn, &call_id, &command, timeout).await;
             drop(permit);
             let body = match result {

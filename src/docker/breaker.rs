@@ -81,6 +81,14 @@ impl Breaker {
         }
     }
 
+    /// While the breaker is open: when its cooldown ends (the next call is the probe).
+    pub fn open_until(&self) -> Option<Instant> {
+        match &*self.lock() {
+            Inner::Open { until } if Instant::now() < *until => Some(*until),
+            _ => None,
+        }
+    }
+
     /// Asks to make a call. `None`: fail fast, the breaker is open (or its probe is out).
     pub fn try_pass(&self) -> Option<Ticket<'_>> {
         let mut inner = self.lock();

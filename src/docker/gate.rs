@@ -168,7 +168,7 @@ impl DockerGate {
         let path = host.strip_prefix("unix://").unwrap_or(host);
         // bollard's own timeout covers only the response headers; ours covers whole calls.
         // Keep bollard's a little longer so that ours is the one that fires.
-        let bollard_timeout = config.call_timeout().as_secs() + 5;
+        let bollard_timeout = config.call_timeout.as_secs() + 5;
         let docker = Docker::connect_with_unix(path, bollard_timeout, bollard::API_DEFAULT_VERSION)
             .map_err(|e| DockerError::from_bollard("connect", e))?;
         let docker = match timeout(Duration::from_secs(5), docker.clone().negotiate_version()).await
@@ -199,10 +199,10 @@ impl DockerGate {
             waiting: AtomicUsize::new(0),
             waiting_upkeep: AtomicUsize::new(0),
             max_queue: config.max_queue,
-            breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown()),
-            call_timeout: config.call_timeout(),
+            breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
+            call_timeout: config.call_timeout,
             retry_attempts: config.retry_attempts,
-            retry_base: Duration::from_millis(config.retry_base_ms),
+            retry_base: config.retry_base,
             calls_total: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
             overloaded_total: AtomicU64::new(0),
@@ -225,6 +225,11 @@ impl DockerGate {
 
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
+    }
+
+    /// While the breaker is open: when its cooldown ends and a call may probe Docker again.
+    pub fn breaker_open_until(&self) -> Option<tokio::time::Instant> {
+        self.breaker.open_until()
     }
 
     /// Takes a slot, waiting when none is free: `Request` callers in the bounded queue,

@@ -143,6 +143,22 @@ impl Shared {
         (self.on_dead)(&self.container_id, why);
     }
 
+    /// Ends the link without counting it as the container's death: no `on_dead`.
+    fn close(&self, why: &str) {
+        {
+            let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+            if lost.is_some() {
+                return;
+            }
+            *lost = Some(why.to_string());
+        }
+        self.dead.cancel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     fn lost_error(&self) -> SupervisorError {
         let why = self
             .lost
@@ -267,6 +283,14 @@ impl SupervisorLink {
     /// trusted with again.
     pub fn kill(&self, why: &str) {
         self.shared.kill(why);
+    }
+
+    /// Closes the link at once, although other handles may still hold it (a hand-over: from
+    /// now on only the new holder speaks to the supervisor). Requests in flight fail; this
+    /// is not the container's death.
+    pub fn close(&self) {
+        self.shared
+            .close("link closed: the sandbox was handed over");
     }
 
     /// Kills every command running through this link (a release: the session is over).

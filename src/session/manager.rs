@@ -2,7 +2,7 @@
 //! (janitor, heartbeat, catch-up).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -11,8 +11,9 @@ use tokio_util::task::TaskTracker;
 
 use super::model::{Session, SessionState, new_resume_token, now_ms, token_matches};
 use super::store::{Cutoffs, SessionStore, StoreError, Sweep};
+use crate::config::SessionConfig;
 use crate::pool::{
-    CommandOutput, CommandSpec, ContainerPool, Lease, OutputChunk, Place, PoolError,
+    CommandOutput, CommandSpec, ContainerPool, Lease, OutputChunk, Place, PoolError, PoolStatus,
 };
 
 /// Timing of sessions and of the loops that look after them.
@@ -32,18 +33,28 @@ pub struct SessionSettings {
     pub touch_every: Duration,
 }
 
-impl Default for SessionSettings {
-    fn default() -> Self {
+impl SessionSettings {
+    /// The settings of the configuration (its defaults are written there, once).
+    pub fn from_config(config: &SessionConfig) -> Self {
         Self {
-            idle_ttl: Duration::from_secs(900),
-            reconnect_grace: Duration::from_secs(30),
-            janitor_interval: Duration::from_secs(10),
-            janitor_batch: 100,
-            heartbeat_ttl: Duration::from_secs(15),
-            touch_every: Duration::from_secs(1),
+            idle_ttl: config.idle_ttl,
+            reconnect_grace: config.reconnect_grace,
+            janitor_interval: config.janitor_interval,
+            janitor_batch: config.janitor_batch,
+            heartbeat_ttl: config.heartbeat_ttl,
+            touch_every: TOUCH_EVERY,
         }
     }
 }
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self::from_config(&SessionConfig::default())
+    }
+}
+
+/// Activity is written to the store at most once per session per this.
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +178,9 @@ struct Inner {
     settings: SessionSettings,
     /// Sessions this instance holds.
     local: Mutex<HashMap<String, Local>>,
-    hooks: RwLock<Option<Arc<dyn SessionHooks>>>,
+    /// Who hears of ended sessions (the socket layer). Weak: that layer holds this manager,
+    /// and the manager must not keep it alive in turn.
+    hooks: RwLock<Option<Weak<dyn SessionHooks>>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -266,7 +279,8 @@ impl SessionManager {
         self.inner.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_hooks(&self, hooks: Arc<dyn SessionHooks>) {
+    /// Sets who hears of ended sessions. Held weakly: the hooks' owner outlives its use.
+    pub fn set_hooks(&self, hooks: Weak<dyn SessionHooks>) {
         *self.inner.hooks.write().unwrap_or_else(|p| p.into_inner()) = Some(hooks);
     }
 
@@ -274,7 +288,25 @@ impl SessionManager {
         &self.inner.store
     }
 
-    pub fn pool(&self) -> &ContainerPool {
+    /// The pool's counts and its Docker gate's, for the status routes and the gauges.
+    pub fn pool_status(&self) -> PoolStatus {
+        self.inner.pool.status()
+    }
+
+    /// Whether a new session can be served now; else why not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        self.inner.pool.is_ready()
+    }
+
+    /// The longest a new session may wait for its sandbox (in the pool's queue).
+    pub fn acquire_timeout(&self) -> Duration {
+        self.inner.pool.config().acquire_timeout
+    }
+
+    /// The pool under this manager, for tests and benchmarks that drive both layers. The
+    /// layers above (`api`) never use it: they see the pool only through this manager.
+    #[doc(hidden)]
+    pub fn pool_for_tests(&self) -> &ContainerPool {
         &self.inner.pool
     }
 
@@ -470,7 +502,8 @@ impl SessionManager {
             .hooks
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .as_ref()
+            .and_then(Weak::upgrade);
         if let Some(hooks) = hooks {
             hooks.ended(&s, reason);
         }
@@ -620,25 +653,19 @@ impl SessionManager {
     /// Ends sessions whose sandbox died. A receiver that lagged behind has missed events, so
     /// it asks the pool about every local session's sandbox instead of skipping them.
     async fn watch_pool(&self) {
-        let mut events = self.inner.pool.subscribe();
+        // The pool publishes which leases are lost as a state that changes, not as events:
+        // however long this loop is busy ending sessions, it cannot miss a death.
+        let mut lost = self.inner.pool.watch_lost();
         loop {
-            let event = tokio::select! {
+            tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
-                event = events.recv() => event,
-            };
-            let lost: Vec<String> = match event {
-                Ok(crate::pool::PoolEvent::LeaseLost { container_id }) => vec![container_id],
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "missed sandbox events; checking every session");
-                    self.local()
-                        .values()
-                        .map(|l| l.session.container_id.clone())
-                        .filter(|c| self.inner.pool.lease_lost(c))
-                        .collect()
+                changed = lost.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                 }
-                Err(_) => return,
-            };
-            for container_id in lost {
+            }
+            for container_id in self.inner.pool.lost_leases() {
                 self.end_lost(&container_id).await;
             }
         }
@@ -674,11 +701,12 @@ impl SessionManager {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         let ids: Vec<String> = self.local().keys().cloned().collect();
+        let deadline = tokio::time::Instant::now() + within;
         let ends = join_all(ids.iter().map(|id| self.end(id, EndReason::Shutdown)));
-        if tokio::time::timeout(within, ends).await.is_err() {
+        if tokio::time::timeout_at(deadline, ends).await.is_err() {
             tracing::warn!("ending sessions at shutdown timed out");
         }
-        let _ = tokio::time::timeout(within, self.inner.tasks.wait()).await;
+        let _ = tokio::time::timeout_at(deadline, self.inner.tasks.wait()).await;
         if let Err(error) = self
             .inner
             .store

@@ -11,6 +11,9 @@ mod model;
 mod redis_store;
 mod store;
 
+/// The parts of the pool that are part of the session interface: the layers above speak of
+/// these through this module, never to the pool itself.
+pub use crate::pool::{Failure, OutputChunk, OutputStream, Place, PoolError, PoolStatus};
 pub use manager::{
     EndReason, JanitorReport, Opened, SessionError, SessionHooks, SessionManager, SessionSettings,
 };

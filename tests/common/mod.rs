@@ -109,13 +109,13 @@ pub fn test_config(instance: &str) -> Config {
     let mut config = Config::with_instance(instance);
     config.pool.min_idle = 2;
     config.pool.max = 4;
-    config.pool.reconcile_interval_ms = 500;
-    config.pool.acquire_timeout_ms = 20_000;
+    config.pool.reconcile_interval = Duration::from_millis(500);
+    config.pool.acquire_timeout = Duration::from_millis(20_000);
     config.pool.memory_bytes = 128 << 20;
     config.pool.tmpfs_bytes = 32 << 20;
     config.pool.pids_limit = 128;
-    config.gate.call_timeout_ms = 20_000;
-    config.shutdown_timeout_secs = 20;
+    config.gate.call_timeout = Duration::from_millis(20_000);
+    config.shutdown_timeout = Duration::from_secs(20);
     config
 }
 
