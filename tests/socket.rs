@@ -95,6 +95,12 @@ async fn connect_exec_chat_approve_reject_errors_and_end() {
     scenario("basics", &[]).await;
 }
 
+/// Issue 10, defect 8: a lone surrogate in an event name used to close the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_surrogates_and_escaped_event_names_get_typed_errors_and_keep_the_socket() {
+    scenario("odd_events", &[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_session_cannot_approve() {
     scenario("cross_session", &[]).await;

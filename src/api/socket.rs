@@ -845,8 +845,23 @@ async fn on_end(socket: SocketRef, reply: Reply, State(api): State<Arc<SocketApi
     }
 }
 
-async fn on_unknown(Event(event): Event) {
-    tracing::debug!(event, "unknown socket event ignored");
+/// Any other event: a typed `bad_request` naming it (in its ack when it asked for one); the
+/// socket stays. An event name the client sent with a lone UTF-16 surrogate arrives here
+/// with U+FFFD in its place (the patched parser, docs/API.md).
+async fn on_unknown(
+    socket: SocketRef,
+    Event(event): Event,
+    reply: Reply,
+    State(api): State<Arc<SocketApi>>,
+) {
+    tracing::debug!(event, "unknown socket event");
+    let shown: String = event.chars().take(64).collect();
+    api.fail(
+        &socket,
+        Some(reply),
+        ApiError::bad_request(format!("unknown event {shown:?}")),
+        None,
+    );
 }
 
 async fn on_disconnect(socket: SocketRef, State(api): State<Arc<SocketApi>>) {

@@ -167,6 +167,31 @@ const scenarios = {
     return { sessionId: s.session.sessionId, workspaceId: s.session.workspaceId };
   },
 
+  // Events the official client sends for strings cut in the middle of an emoji (lone UTF-16
+  // surrogates) and event names with escapes: typed errors, never a closed socket.
+  async odd_events() {
+    const s = await session();
+    s.emit("x\ud800", {});
+    await until(() => s.errors.some((e) => e.code === "bad_request" && e.message.includes("x\ufffd")), "bad_request for a lone high surrogate");
+    const low = await ack(s, "\udc00y", { a: "\ud800" });
+    assert.equal(low.ok, false);
+    assert.equal(low.error.code, "bad_request");
+    const escaped = await ack(s, "a\nb\"c", {});
+    assert.equal(escaped.error.code, "bad_request");
+    // A lone surrogate in a command's text arrives as U+FFFD and the command runs.
+    const lone = await exec(s, "printf '%s' 'cut\ud83d'");
+    assert.equal(lone.status, "ok", JSON.stringify(lone));
+    assert.equal(lone.stdout, "cut\ufffd");
+    // A valid pair is kept.
+    const pair = await exec(s, "printf '%s' '\ud83d\ude00'");
+    assert.equal(pair.stdout, "\u{1F600}");
+    assert.ok(s.connected, "odd events never close the socket");
+    const still = await exec(s, "echo still-here");
+    assert.equal(still.stdout, "still-here\n");
+    await ack(s, "session:end");
+    return {};
+  },
+
   // Another session cannot approve a session's tool call.
   async cross_session() {
     const a = await session();
