@@ -3,7 +3,11 @@
 //!
 //! Every field documents its default and unit. A malformed value is a startup error that
 //! names the variable; nothing here silently falls back to a default when a value fails to
-//! parse. This module must not read the environment anywhere else than in [`Cli::parse_from_env`].
+//! parse. The environment is read only through clap, here.
+//! Each default is written once, on its field; `Default` reads those (see `defaults`).
+//!
+//! Why this file is over 400 lines: it is the list of every setting, each with its
+//! documentation, flag, variable, default and parser; splitting the list would only scatter it.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -3,20 +3,24 @@
 //!
 //! - `gate`: the door every call goes through (semaphore, queue bound, breaker, retries,
 //!   timeouts).
+//! - `containers`: the calls themselves (images, sandbox containers, events, exec), each
+//!   through the gate.
+//! - `exec`: `docker exec`, the benchmarks' baseline (sessions use the supervisor).
 //! - `breaker`: the circuit breaker.
 //! - `spec`: labels and the hardened container configuration of a sandbox.
 //! - `image`: the default sandbox image and its registry-free build.
 
 mod breaker;
+mod containers;
 mod error;
+mod exec;
 mod gate;
 pub mod image;
 pub mod spec;
 
 pub use breaker::BreakerState;
+pub use containers::{AttachChunk, Attached, ContainerEvent, SandboxInfo};
 pub use error::DockerError;
-pub use gate::{
-    Admission, AttachChunk, Attached, ContainerEvent, DockerGate, ExecChunk, ExecOutput, ExecSpec,
-    GateStatus, OutputStream, SandboxInfo,
-};
+pub use exec::{ExecChunk, ExecOutput, ExecSpec, OutputStream};
+pub use gate::{Admission, DockerGate, GateStatus};
 pub use spec::SandboxSpec;
