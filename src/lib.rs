@@ -72,8 +72,23 @@ pub async fn run(
     // Sessions this instance held before a crash keep their sandboxes.
     let recovered = SessionManager::recover(store.as_ref(), &config.instance_id).await?;
     let keep: HashSet<String> = recovered.iter().map(|s| s.container_id.clone()).collect();
+    // Sandboxes this instance handed to another replica with their session: not its own any
+    // more, although they carry its label.
+    let handed: HashSet<String> = store
+        .handed(&config.instance_id)
+        .await?
+        .into_iter()
+        .collect();
     let metrics = Metrics::new(gate.clone());
-    let pool = ContainerPool::start(gate, &config, metrics.clone(), &keep).await?;
+    let pool = ContainerPool::start_leaving(gate, &config, metrics.clone(), &keep, &handed).await?;
+    let gone: Vec<String> = handed
+        .iter()
+        .filter(|id| !pool.is_handed_over(id))
+        .cloned()
+        .collect();
+    if let Err(error) = store.forget_handed(&config.instance_id, &gone).await {
+        tracing::debug!(%error, "forgetting removed hand-overs failed; tried again next start");
+    }
     let sessions = SessionManager::start(
         store,
         pool.clone(),

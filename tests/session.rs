@@ -628,13 +628,6 @@ async fn a_stopped_instances_session_is_taken_over_with_its_container() {
     .await;
     a.detach(&opened.session.id).await;
 
-    // While a is alive, b must not take the session.
-    let refused = b.resume(&opened.session.id, &opened.resume_token).await;
-    assert!(
-        matches!(refused, Err(SessionError::Elsewhere { .. })),
-        "{refused:?}"
-    );
-
     // a stops without ending anything (its heartbeat lapses); its container stays.
     a.abandon().await;
     a.pool_for_tests().abandon().await;
@@ -1131,4 +1124,104 @@ async fn sandboxes_that_die_together_end_every_session() {
         assert!(m.local_session(&o.session.id).is_none());
     }
     stop(&m).await;
+}
+
+/// A resume that reaches a live replica other than the owner moves the session there at once
+/// (no heartbeat to wait for): the owner tells its socket `moved`, gives the sandbox up
+/// without a scrub and records it as handed over; the new owner attaches to the same sandbox,
+/// files and processes included. And back again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_owner_hands_a_resumed_session_over_at_once() {
+    let server = RedisServer::start().await;
+    let (ia, ib) = (unique_instance("live-a"), unique_instance("live-b"));
+    let (ca, cb) = (Cleanup::new(&ia), Cleanup::new(&ib));
+    let (a, hooks_a) = manager(
+        redis_store(&server).await,
+        &manager_config(&ia, 1, 2),
+        fast_settings(),
+        &ca,
+    )
+    .await;
+    let (b, _) = manager(
+        redis_store(&server).await,
+        &manager_config(&ib, 0, 2),
+        fast_settings(),
+        &cb,
+    )
+    .await;
+    let opened = within(60, "open on a", a.open()).await.expect("open on a");
+    let container = opened.lease.container_id.clone();
+    sh(
+        a.pool_for_tests(),
+        &container,
+        "echo from-a > /workspace/note; sleep 600 >/dev/null 2>&1 &",
+    )
+    .await;
+
+    // The client is still connected to a (not even detached) when it resumes on b.
+    let started = std::time::Instant::now();
+    let moved = within(
+        10,
+        "resume on b",
+        b.resume(&opened.session.id, &opened.resume_token),
+    )
+    .await
+    .expect("a live owner hands over");
+    let took = started.elapsed();
+    assert_eq!(moved.owner, ib);
+    assert_eq!(moved.container_id, container, "the same sandbox");
+    assert!(took < Duration::from_secs(2), "hand-over took {took:?}");
+    assert_eq!(
+        hooks_a.ends.lock().unwrap()[&opened.session.id],
+        vec![EndReason::Moved],
+        "a told its socket"
+    );
+    assert!(a.local_session(&opened.session.id).is_none());
+    assert!(!a.pool_for_tests().is_leased(&container));
+    assert!(a.pool_for_tests().is_handed_over(&container));
+    assert_eq!(a.pool_for_tests().status().leased, 0, "a's slot is free");
+    assert_eq!(
+        a.store().handed(&ia).await.unwrap(),
+        vec![container.clone()],
+        "recorded, so that a restart of a leaves it alone"
+    );
+    let out = sh(
+        b.pool_for_tests(),
+        &container,
+        "cat /workspace/note; ps -o args | grep -c '^sleep 600'",
+    )
+    .await;
+    assert_eq!(
+        text(&out.stdout),
+        "from-a\n1\n",
+        "files and processes came along"
+    );
+    // a's reconcile must not take it for a stray although it carries a's label.
+    a.pool_for_tests().reconcile_once().await;
+    assert!(docker_exists(&container));
+
+    // And back to a.
+    let back = within(
+        10,
+        "resume on a",
+        a.resume(&opened.session.id, &opened.resume_token),
+    )
+    .await
+    .expect("b hands back");
+    assert_eq!(back.owner, ia);
+    assert!(a.pool_for_tests().is_leased(&container));
+    assert!(!b.pool_for_tests().is_leased(&container));
+    let out = sh(a.pool_for_tests(), &container, "cat /workspace/note").await;
+    assert_eq!(text(&out.stdout).trim(), "from-a");
+
+    // Ended on a: the sandbox is removed (it was adopted, so it is never pooled again).
+    assert!(a.end(&opened.session.id, EndReason::Ended).await.unwrap());
+    within(30, "sandbox removed", async {
+        while docker_exists(&container) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    stop(&a).await;
+    stop(&b).await;
 }

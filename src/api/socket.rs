@@ -106,6 +106,8 @@ struct SessionPayload<'a> {
     workspace_id: &'a str,
     acquire_ms: u64,
     resumed: bool,
+    /// The replica serving the session (its instance id).
+    instance: &'a str,
 }
 
 #[derive(Serialize)]
@@ -606,6 +608,7 @@ async fn on_connect(
                 workspace_id: &workspace,
                 acquire_ms,
                 resumed,
+                instance: api.sessions.instance(),
             };
             let _ = socket.emit("session", &payload);
             api.metrics.handout(started.elapsed());

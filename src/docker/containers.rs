@@ -31,6 +31,8 @@ pub struct SandboxInfo {
     pub image: String,
     /// Labeled as a sandpool sandbox (of any instance).
     pub is_sandbox: bool,
+    /// The instance it is labeled with (empty when unknown).
+    pub instance: String,
 }
 
 /// A container event from Docker's event stream, for containers of one instance.
@@ -262,6 +264,12 @@ impl DockerGate {
                     .as_deref()
                     .and_then(parse_rfc3339_seconds)
                     .unwrap_or(0),
+                instance: c
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.as_ref())
+                    .and_then(|l| l.get(LABEL_INSTANCE).cloned())
+                    .unwrap_or_default(),
                 image: c.config.and_then(|c| c.image).unwrap_or_default(),
             })),
             Err(DockerError::NotFound { .. }) => Ok(None),
@@ -269,9 +277,38 @@ impl DockerGate {
         }
     }
 
+    /// Whether the replica whose instance id is `instance` runs, when that replica is a
+    /// container on this engine whose host name is its instance id (the scaled-out stack):
+    /// `Some(running)`; `None` when no such container is known (an instance outside a
+    /// container, or one on another engine), so that nobody takes it for dead.
+    pub async fn replica_running(&self, instance: &str) -> Result<Option<bool>, DockerError> {
+        match self
+            .call("inspect_container", true, Admission::Upkeep, || {
+                self.docker.inspect_container(instance, None)
+            })
+            .await
+        {
+            Ok(c) => {
+                let id_matches = c.id.as_deref().is_some_and(|id| id.starts_with(instance));
+                let host_matches = c
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.hostname.as_deref())
+                    .is_some_and(|h| h == instance);
+                if !(id_matches && host_matches) {
+                    return Ok(None);
+                }
+                Ok(Some(c.state.and_then(|s| s.running).unwrap_or(false)))
+            }
+            Err(DockerError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every sandbox container of `instance_id`, running or not.
     pub async fn list_sandboxes(&self, instance_id: &str) -> Result<Vec<SandboxInfo>, DockerError> {
-        self.list_sandboxes_as(instance_id, Admission::Upkeep).await
+        self.list_sandboxes_as(Some(instance_id), Admission::Upkeep)
+            .await
     }
 
     /// `list_sandboxes` for shutdown: passes an open breaker.
@@ -279,22 +316,28 @@ impl DockerGate {
         &self,
         instance_id: &str,
     ) -> Result<Vec<SandboxInfo>, DockerError> {
-        self.list_sandboxes_as(instance_id, Admission::Shutdown)
+        self.list_sandboxes_as(Some(instance_id), Admission::Shutdown)
             .await
+    }
+
+    /// Every sandpool sandbox on the engine, of every instance.
+    pub async fn list_all_sandboxes(&self) -> Result<Vec<SandboxInfo>, DockerError> {
+        self.list_sandboxes_as(None, Admission::Upkeep).await
     }
 
     async fn list_sandboxes_as(
         &self,
-        instance_id: &str,
+        instance_id: Option<&str>,
         admission: Admission,
     ) -> Result<Vec<SandboxInfo>, DockerError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{LABEL_INSTANCE}={instance_id}"),
-                format!("{LABEL_ROLE}={ROLE_SANDBOX}"),
-            ],
-        )]);
+        let mut labels = vec![
+            format!("{LABEL_APP}=sandpool"),
+            format!("{LABEL_ROLE}={ROLE_SANDBOX}"),
+        ];
+        if let Some(instance_id) = instance_id {
+            labels.push(format!("{LABEL_INSTANCE}={instance_id}"));
+        }
+        let filters = HashMap::from([("label".to_string(), labels)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -319,6 +362,11 @@ impl DockerGate {
                     created_unix: c.created.unwrap_or(0),
                     image: c.image.unwrap_or_default(),
                     is_sandbox: true,
+                    instance: c
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_INSTANCE).cloned())
+                        .unwrap_or_default(),
                 })
             })
             .collect())

@@ -64,6 +64,24 @@ pub enum ImageError {
 /// current busybox and supervisor, building it when it is missing or stale and `auto_build`
 /// is set.
 pub async fn ensure_image(gate: &DockerGate, config: &ImageConfig) -> Result<(), ImageError> {
+    if !config.auto_build {
+        // Built elsewhere (a scaled-out stack builds it once for every replica): it must be
+        // there; whether it is current is the builder's business, and the files it is built
+        // from need not be on this machine.
+        let labels =
+            gate.image_labels(&config.image)
+                .await
+                .map_err(|source| ImageError::Build {
+                    image: config.image.clone(),
+                    source,
+                })?;
+        return match labels {
+            Some(_) => Ok(()),
+            None => Err(ImageError::Missing {
+                image: config.image.clone(),
+            }),
+        };
+    }
     let context = Context::assemble(config)?;
     let labels = gate
         .image_labels(&config.image)
@@ -78,11 +96,6 @@ pub async fn ensure_image(gate: &DockerGate, config: &ImageConfig) -> Result<(),
         .is_some_and(|digest| *digest == context.digest);
     if current {
         return Ok(());
-    }
-    if !config.auto_build {
-        return Err(ImageError::Missing {
-            image: config.image.clone(),
-        });
     }
     let why = if labels.is_some() { "stale" } else { "missing" };
     tracing::info!(image = %config.image, why, "building the sandbox image");

@@ -16,6 +16,7 @@ impl ContainerPool {
     pub(super) async fn adopt_leftovers(
         &self,
         keep_leased: &HashSet<String>,
+        handed: &HashSet<String>,
     ) -> Result<(), PoolError> {
         let found = self
             .inner
@@ -35,6 +36,11 @@ impl ContainerPool {
         {
             let mut s = self.state();
             for info in found {
+                if handed.contains(&info.id) {
+                    // Another instance serves its session now.
+                    s.note_handed_over(&info.id);
+                    continue;
+                }
                 let sandbox = Sandbox {
                     id: info.id.clone(),
                     name: info.name.clone(),
@@ -149,5 +155,32 @@ impl ContainerPool {
                 tracing::debug!(%container_id, %error, "inspecting a stopped instance's sandbox failed")
             }
         }
+    }
+
+    /// Whether another instance is down, as far as Docker can tell: `Some(true)` when it is
+    /// a replica container on this engine that no longer runs (killed, crashed), `Some(false)`
+    /// when it runs, `None` when Docker cannot tell (see `DockerGate::replica_running`).
+    pub async fn instance_down(&self, instance: &str) -> Option<bool> {
+        match self.inner.gate.replica_running(instance).await {
+            Ok(running) => running.map(|r| !r),
+            Err(error) => {
+                tracing::debug!(instance, %error, "cannot ask docker whether an instance runs");
+                None
+            }
+        }
+    }
+
+    /// Sandboxes on the engine labeled with instances other than this one: `(id, instance,
+    /// created, seconds since the epoch)`, for the sweep of dead replicas' left-overs.
+    pub async fn others_sandboxes(&self) -> Result<Vec<(String, String, i64)>, PoolError> {
+        Ok(self
+            .inner
+            .gate
+            .list_all_sandboxes()
+            .await?
+            .into_iter()
+            .filter(|c| c.instance != self.inner.instance_id && !c.instance.is_empty())
+            .map(|c| (c.id, c.instance, c.created_unix))
+            .collect())
     }
 }

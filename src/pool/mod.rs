@@ -242,6 +242,18 @@ impl ContainerPool {
         observer: Arc<dyn PoolObserver>,
         keep_leased: &HashSet<String>,
     ) -> Result<Self, PoolError> {
+        Self::start_leaving(gate, config, observer, keep_leased, &HashSet::new()).await
+    }
+
+    /// `start`, leaving alone the containers in `handed`: this instance gave them to another
+    /// with their sessions (they carry its label but are not its own).
+    pub async fn start_leaving(
+        gate: Arc<DockerGate>,
+        config: &Config,
+        observer: Arc<dyn PoolObserver>,
+        keep_leased: &HashSet<String>,
+        handed: &HashSet<String>,
+    ) -> Result<Self, PoolError> {
         let c = &config.pool;
         let pool = Self {
             inner: Arc::new(Inner {
@@ -257,7 +269,7 @@ impl ContainerPool {
                 tasks: TaskTracker::new(),
             }),
         };
-        pool.adopt_leftovers(keep_leased).await?;
+        pool.adopt_leftovers(keep_leased, handed).await?;
         let p = pool.clone();
         pool.inner.tasks.spawn(async move { p.refill_loop().await });
         let p = pool.clone();
@@ -331,6 +343,11 @@ impl ContainerPool {
             return Err("no idle sandbox yet");
         }
         Ok(())
+    }
+
+    /// Whether `container_id` was handed over to another instance with its session.
+    pub fn is_handed_over(&self, container_id: &str) -> bool {
+        self.state().is_handed_over(container_id)
     }
 
     /// Waits until at least `n` containers are idle, or the timeout passes.

@@ -440,6 +440,12 @@ impl State {
         sandbox
     }
 
+    /// `id`, found at start, was handed over to another instance by an earlier run.
+    pub fn note_handed_over(&mut self, id: &str) {
+        self.handed_over.insert(id.to_string());
+        self.checked();
+    }
+
     /// `id` died or vanished.
     pub fn gone(&mut self, id: &str) -> Gone {
         let gone = if let Some(pos) = self.idle.iter().position(|sb| sb.id == id) {
@@ -489,6 +495,8 @@ impl State {
                 max: self.max,
             });
         }
+        // Handed over before and now back (its session returned to this instance).
+        self.handed_over.remove(&sandbox.id);
         self.leased.insert(sandbox.id.clone(), sandbox);
         self.checked();
         Ok(())

@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::handover::Asked;
 use super::model::{Session, SessionState, new_resume_token, now_ms, token_matches};
 use super::store::{Cutoffs, SessionStore, StoreError, Sweep};
 use crate::config::SessionConfig;
@@ -71,6 +73,8 @@ pub enum EndReason {
     SandboxLost,
     /// A claimer died half-way through ending it; finished by another.
     Abandoned,
+    /// Resumed on another replica: this one gave it up (it goes on there).
+    Moved,
 }
 
 impl EndReason {
@@ -82,6 +86,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::SandboxLost => "sandbox_lost",
             EndReason::Abandoned => "abandoned",
+            EndReason::Moved => "moved",
         }
     }
 }
@@ -181,6 +186,8 @@ struct Inner {
     /// Who hears of ended sessions (the socket layer). Weak: that layer holds this manager,
     /// and the manager must not keep it alive in turn.
     hooks: RwLock<Option<Weak<dyn SessionHooks>>>,
+    /// Releases this instance asked of other replicas, by session id: where the answer goes.
+    pending_releases: Mutex<HashMap<String, oneshot::Sender<bool>>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -225,6 +232,7 @@ impl SessionManager {
                 settings,
                 local: Mutex::new(HashMap::new()),
                 hooks: RwLock::new(None),
+                pending_releases: Mutex::new(HashMap::new()),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -272,7 +280,56 @@ impl SessionManager {
             .inner
             .tasks
             .spawn(async move { m.watch_pool().await });
+        match manager.inner.store.listen(instance).await {
+            Ok(rx) => {
+                let m = manager.clone();
+                manager
+                    .inner
+                    .tasks
+                    .spawn(async move { m.bus_loop(rx).await });
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot listen for hand-overs; other replicas will take this one's sessions only once its heartbeat lapses"
+            ),
+        }
         manager
+    }
+
+    pub(super) fn pending_releases(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<bool>>> {
+        self.inner
+            .pending_releases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.inner.cancel.cancelled()
+    }
+
+    pub(super) fn pool(&self) -> &ContainerPool {
+        &self.inner.pool
+    }
+
+    /// Removes a local session from this instance's map (it is no longer served here).
+    pub(super) fn take_local(&self, id: &str) -> Option<Session> {
+        self.local().remove(id).map(|l| l.session)
+    }
+
+    /// Tells the hooks (the socket layer) that `s` ended here.
+    pub(super) fn tell_ended(&self, s: &Session, reason: EndReason) {
+        let hooks = self
+            .inner
+            .hooks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(Weak::upgrade);
+        if let Some(hooks) = hooks {
+            hooks.ended(s, reason);
+        }
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, HashMap<String, Local>> {
@@ -405,13 +462,28 @@ impl SessionManager {
         }
         let me = &self.inner.instance;
         if &s.owner != me {
-            if store.is_alive(&s.owner).await? {
-                return Err(SessionError::Elsewhere {
-                    id: id.to_string(),
-                    owner: s.owner.clone(),
-                });
-            }
-            if !store.transfer(id, &s.owner, me).await? {
+            // Live owner: an orderly hand-over; dead owner (heartbeat lapsed, or Docker says
+            // its container is down): a takeover (handover.rs).
+            let released = if store.is_alive(&s.owner).await? {
+                match self.ask_release(&s).await? {
+                    Asked::Released => true,
+                    Asked::Refused => return Err(SessionError::Expired(id.to_string())),
+                    Asked::Silent
+                        if self.inner.pool.instance_down(&s.owner).await == Some(true) =>
+                    {
+                        false
+                    }
+                    Asked::Silent => {
+                        return Err(SessionError::Elsewhere {
+                            id: id.to_string(),
+                            owner: s.owner.clone(),
+                        });
+                    }
+                }
+            } else {
+                false
+            };
+            if !released && !store.transfer(id, &s.owner, me).await? {
                 return Err(SessionError::Expired(id.to_string()));
             }
             if let Err(e) = self.inner.pool.adopt_leased(&s.container_id).await {
@@ -421,7 +493,11 @@ impl SessionManager {
                 }
                 return Err(SessionError::Expired(id.to_string()));
             }
-            tracing::info!(session_id = %id, from = %s.owner, "took over a session from a stopped instance");
+            if released {
+                tracing::info!(session_id = %id, from = %s.owner, "a live replica handed its session over");
+            } else {
+                tracing::info!(session_id = %id, from = %s.owner, "took over a session from a stopped instance");
+            }
             s.owner = me.clone();
         }
         let now = now_ms();
@@ -497,16 +573,7 @@ impl SessionManager {
     /// instance's), deletes the record.
     async fn finish(&self, s: Session, reason: EndReason) {
         self.local().remove(&s.id);
-        let hooks = self
-            .inner
-            .hooks
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(Weak::upgrade);
-        if let Some(hooks) = hooks {
-            hooks.ended(&s, reason);
-        }
+        self.tell_ended(&s, reason);
         if s.owner == self.inner.instance {
             match self.inner.pool.release(&s.container_id) {
                 Ok(_) | Err(PoolError::NotLeased(_)) => {}
@@ -595,7 +662,12 @@ impl SessionManager {
                 Err(error) => tracing::warn!(%error, "janitor pass failed; next pass retries"),
             }
             self.catch_up().await;
+            self.sweep_dead_instances().await;
         }
+    }
+
+    pub(super) fn settings(&self) -> &SessionSettings {
+        &self.inner.settings
     }
 
     /// Writes again any session of this instance that the store lost (a Redis restart

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::model::{Session, SessionState};
-use super::store::{Cutoffs, SessionStore, StoreError, Sweep};
+use super::store::{BusMessage, Cutoffs, SessionStore, StoreError, Sweep};
 
 #[derive(Default)]
 struct Mem {
@@ -19,6 +19,11 @@ struct Mem {
     ending: BTreeSet<(i64, String)>,
     owners: HashMap<String, HashSet<String>>,
     heartbeats: HashMap<String, Instant>,
+    /// Listeners of the bus, by instance.
+    listeners: HashMap<String, tokio::sync::mpsc::Sender<BusMessage>>,
+    handed: HashMap<String, HashSet<String>>,
+    /// Every instance that ever heartbeated.
+    known: HashSet<String>,
 }
 
 impl Mem {
@@ -255,10 +260,15 @@ impl SessionStore for MemoryStore {
     }
 
     async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<(), StoreError> {
-        self.lock()
-            .heartbeats
+        let mut mem = self.lock();
+        mem.heartbeats
             .insert(instance.to_string(), Instant::now() + ttl);
+        mem.known.insert(instance.to_string());
         Ok(())
+    }
+
+    async fn known_instances(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().known.iter().cloned().collect())
     }
 
     async fn is_alive(&self, instance: &str) -> Result<bool, StoreError> {
@@ -272,5 +282,49 @@ impl SessionStore for MemoryStore {
 
     async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.lock().sessions.len())
+    }
+
+    async fn listen(
+        &self,
+        instance: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<BusMessage>, StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        self.lock().listeners.insert(instance.to_string(), tx);
+        Ok(rx)
+    }
+
+    async fn send(&self, instance: &str, message: &BusMessage) -> Result<bool, StoreError> {
+        let tx = self.lock().listeners.get(instance).cloned();
+        Ok(match tx {
+            Some(tx) => tx.try_send(message.clone()).is_ok(),
+            None => false,
+        })
+    }
+
+    async fn mark_handed(&self, owner: &str, container_id: &str) -> Result<(), StoreError> {
+        self.lock()
+            .handed
+            .entry(owner.to_string())
+            .or_default()
+            .insert(container_id.to_string());
+        Ok(())
+    }
+
+    async fn handed(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .lock()
+            .handed
+            .get(owner)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn forget_handed(&self, owner: &str, container_ids: &[String]) -> Result<(), StoreError> {
+        if let Some(set) = self.lock().handed.get_mut(owner) {
+            for id in container_ids {
+                set.remove(id);
+            }
+        }
+        Ok(())
     }
 }

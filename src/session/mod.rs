@@ -5,6 +5,7 @@
 //!
 //! This module knows nothing of sockets: it reports ends through [`SessionHooks`].
 
+mod handover;
 mod manager;
 mod memory_store;
 mod model;
@@ -20,7 +21,7 @@ pub use manager::{
 pub use memory_store::MemoryStore;
 pub use model::{Session, SessionState, hash_token, new_resume_token, now_ms, token_matches};
 pub use redis_store::RedisStore;
-pub use store::{Cutoffs, SessionStore, StoreError, Sweep};
+pub use store::{BusMessage, Cutoffs, SessionStore, StoreError, Sweep};
 
 /// A claim older than this belongs to a claimer that died before it finished; the session
 /// may be claimed again (ms).

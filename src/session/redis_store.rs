@@ -10,6 +10,9 @@
 //! | `P idx:ending` | sorted set | ending sessions, scored by claim time |
 //! | `P owner:<instance>` | set | ids of the sessions an instance holds |
 //! | `P heartbeat:<instance>` | string with a TTL | present while the instance is alive |
+//! | `P instances` | set | every instance that ever heartbeated here |
+//! | `P handed:<instance>` | set | containers labeled with the instance that it handed to another instance with their session |
+//! | `P bus:<instance>` | pub/sub channel | hand-over messages to the instance (JSON `BusMessage`) |
 //!
 //! Every write that touches several keys is one Lua script, so Redis applies it whole or not
 //! at all: a writer killed mid-way cannot leave a hash without its index entries. The scripts
@@ -23,9 +26,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
+use tokio::sync::mpsc;
 
 use super::model::{Session, SessionState};
-use super::store::{Cutoffs, SessionStore, StoreError, Sweep};
+use super::store::{BusMessage, Cutoffs, SessionStore, StoreError, Sweep};
 
 const PUT: &str = r#"
 local old = redis.call('HGET', KEYS[1], 'owner')
@@ -133,6 +137,8 @@ struct Scripts {
 
 /// Sessions in Redis, over one multiplexed connection that reconnects by itself.
 pub struct RedisStore {
+    /// For the bus's own subscribed connection.
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     scripts: Scripts,
@@ -160,6 +166,7 @@ impl RedisStore {
         .map_err(|_| StoreError::Unavailable(format!("no answer from {url}")))?
         .map_err(unavailable)?;
         Ok(Self {
+            client,
             conn,
             prefix: prefix.to_string(),
             scripts: Scripts {
@@ -185,6 +192,12 @@ impl RedisStore {
     }
     fn heartbeat_key(&self, instance: &str) -> String {
         format!("{}heartbeat:{instance}", self.prefix)
+    }
+    fn handed_key(&self, instance: &str) -> String {
+        format!("{}handed:{instance}", self.prefix)
+    }
+    fn bus_channel(&self, instance: &str) -> String {
+        format!("{}bus:{instance}", self.prefix)
     }
 
     /// Runs one of the state-change scripts (touch, detach, reattach), which all take their
@@ -452,17 +465,28 @@ impl SessionStore for RedisStore {
     }
 
     async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<(), StoreError> {
-        let _: () = self
-            .conn
-            .clone()
+        let _: () = redis::pipe()
+            .atomic()
             .pset_ex(
                 self.heartbeat_key(instance),
                 super::model::now_ms(),
                 ttl.as_millis() as u64,
             )
+            .ignore()
+            .sadd(format!("{}instances", self.prefix), instance)
+            .ignore()
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn known_instances(&self) -> Result<Vec<String>, StoreError> {
+        self.conn
+            .clone()
+            .smembers(format!("{}instances", self.prefix))
+            .await
+            .map_err(unavailable)
     }
 
     async fn is_alive(&self, instance: &str) -> Result<bool, StoreError> {
@@ -489,5 +513,85 @@ impl SessionStore for RedisStore {
             .zcard(self.idx("active"))
             .await
             .map_err(unavailable)
+    }
+
+    async fn listen(&self, instance: &str) -> Result<mpsc::Receiver<BusMessage>, StoreError> {
+        // Its own connection: a subscribed connection can do nothing else. It is not
+        // re-established if it drops; senders then see nobody listening (as for a dead
+        // instance) until this instance restarts, which errs on the side of a takeover only
+        // after Docker confirms the instance is down (see the manager).
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub
+            .subscribe(self.bus_channel(instance))
+            .await
+            .map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            loop {
+                // When the listener goes (the instance stops), the subscription goes with it,
+                // so that senders see nobody listening.
+                let msg = tokio::select! {
+                    _ = tx.closed() => return,
+                    msg = futures_util::StreamExt::next(&mut messages) => msg,
+                };
+                let Some(msg) = msg else { return };
+                let Ok(payload) = msg.get_payload::<String>() else {
+                    continue;
+                };
+                match serde_json::from_str::<BusMessage>(&payload) {
+                    Ok(message) => {
+                        if tx.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "malformed bus message ignored"),
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn send(&self, instance: &str, message: &BusMessage) -> Result<bool, StoreError> {
+        let payload = serde_json::to_string(message)
+            .map_err(|e| StoreError::Unavailable(format!("encoding a bus message: {e}")))?;
+        let receivers: i64 = self
+            .conn
+            .clone()
+            .publish(self.bus_channel(instance), payload)
+            .await
+            .map_err(unavailable)?;
+        Ok(receivers > 0)
+    }
+
+    async fn mark_handed(&self, owner: &str, container_id: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .conn
+            .clone()
+            .sadd(self.handed_key(owner), container_id)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn handed(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        self.conn
+            .clone()
+            .smembers(self.handed_key(owner))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn forget_handed(&self, owner: &str, container_ids: &[String]) -> Result<(), StoreError> {
+        if container_ids.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .conn
+            .clone()
+            .srem(self.handed_key(owner), container_ids)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }

@@ -4,8 +4,20 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
 use super::model::Session;
+
+/// A message between replicas about a session changing hands (see `handover.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BusMessage {
+    /// `from` holds a resume for `session_id`, which the receiver owns: give it up.
+    Release { session_id: String, from: String },
+    /// The receiver asked for `session_id`: `released` says whether it is now the
+    /// receiver's (the record moved to it, the sandbox is free to attach).
+    Released { session_id: String, released: bool },
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +121,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Says that `instance` is alive for `ttl`.
     async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<(), StoreError>;
 
+    /// Every instance that ever heartbeated in this store (alive or not): the replicas of one
+    /// deployment, as opposed to other deployments sharing the Docker engine.
+    async fn known_instances(&self) -> Result<Vec<String>, StoreError>;
+
     /// Whether `instance` has heartbeated within its ttl.
     async fn is_alive(&self, instance: &str) -> Result<bool, StoreError>;
 
@@ -117,4 +133,21 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Counts: (sessions, by state) for status pages; may scan, so not for hot paths.
     async fn count(&self) -> Result<usize, StoreError>;
+
+    /// Starts receiving the messages sent to `instance` (one listener per instance).
+    async fn listen(&self, instance: &str) -> Result<mpsc::Receiver<BusMessage>, StoreError>;
+
+    /// Sends `message` to `instance`; `false` when nobody listens there (it is gone).
+    async fn send(&self, instance: &str, message: &BusMessage) -> Result<bool, StoreError>;
+
+    /// Records that `owner` handed `container_id` (labeled with `owner`) to another instance
+    /// with its session: a restart of `owner` must leave it alone. Kept until `owner` forgets
+    /// it at a start where the container is gone.
+    async fn mark_handed(&self, owner: &str, container_id: &str) -> Result<(), StoreError>;
+
+    /// The containers `owner` handed over (see `mark_handed`).
+    async fn handed(&self, owner: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Forgets handed-over containers of `owner` that no longer exist.
+    async fn forget_handed(&self, owner: &str, container_ids: &[String]) -> Result<(), StoreError>;
 }
