@@ -1225,3 +1225,88 @@ async fn a_live_owner_hands_a_resumed_session_over_at_once() {
     stop(&a).await;
     stop(&b).await;
 }
+
+/// The janitors of two live replicas, running together over the sessions a dead replica
+/// left, end each session exactly once, remove its sandbox, and (with the dead replica gone
+/// for good) remove its idle sandboxes too: nothing of it is left, nothing is ended twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_janitors_end_a_dead_replicas_sessions_once_each() {
+    const N: usize = 6;
+    let server = RedisServer::start().await;
+    let (ia, ib, ic) = (
+        unique_instance("jan-a"),
+        unique_instance("jan-b"),
+        unique_instance("jan-c"),
+    );
+    let (ca, cb, cc) = (Cleanup::new(&ia), Cleanup::new(&ib), Cleanup::new(&ic));
+    let mut settings = fast_settings();
+    settings.heartbeat_ttl = Duration::from_millis(900);
+    let (a, _) = manager(
+        redis_store(&server).await,
+        &manager_config(&ia, 2, N + 2),
+        settings.clone(),
+        &ca,
+    )
+    .await;
+    let mut opened = Vec::new();
+    for _ in 0..N {
+        let o = within(60, "open on a", a.open()).await.unwrap();
+        a.detach(&o.session.id).await;
+        opened.push(o);
+    }
+    let warm = a
+        .pool_for_tests()
+        .wait_idle(2, Duration::from_secs(60))
+        .await;
+    assert!(warm, "{:?}", a.pool_for_tests().status());
+    // a dies: nothing ended, its heartbeat lapses, its containers stay.
+    a.abandon().await;
+    a.pool_for_tests().abandon().await;
+    assert!(labeled_containers(&ia).len() >= N + 2);
+
+    let mut janitors = settings.clone();
+    janitors.janitor_interval = Duration::from_millis(100);
+    let (b, hooks_b) = manager(
+        redis_store(&server).await,
+        &manager_config(&ib, 0, 2),
+        janitors.clone(),
+        &cb,
+    )
+    .await;
+    let (c, hooks_c) = manager(
+        redis_store(&server).await,
+        &manager_config(&ic, 0, 2),
+        janitors,
+        &cc,
+    )
+    .await;
+    within(60, "every session ended", async {
+        while b.store().count().await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let mut ends: HashMap<String, Vec<EndReason>> = HashMap::new();
+    for hooks in [&hooks_b, &hooks_c] {
+        for (id, reasons) in hooks.ends.lock().unwrap().iter() {
+            ends.entry(id.clone()).or_default().extend(reasons);
+        }
+    }
+    for o in &opened {
+        assert_eq!(
+            ends.get(&o.session.id),
+            Some(&vec![EndReason::Disconnected]),
+            "ended exactly once, by one of the two janitors"
+        );
+    }
+    assert_eq!(ends.len(), N);
+    // The dead replica's sandboxes: its sessions' go with them, its idle ones are swept.
+    within(60, "nothing of a is left", async {
+        while !labeled_containers(&ia).is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    stop(&b).await;
+    stop(&c).await;
+}

@@ -115,6 +115,9 @@ impl ContainerPool {
         let (tx, rx) = oneshot::channel();
         let pool = self.clone();
         self.inner.tasks.spawn(async move {
+            // The refill counts creates in flight towards the idle target; once this one is
+            // leased, it must look again.
+            let _wake = WakeRefill(&pool);
             let sandbox = match pool.create_one(&name).await {
                 Ok(sandbox) => sandbox,
                 Err(e) => {
@@ -280,6 +283,15 @@ impl Drop for Queued<'_> {
                 self.pool.spawn_destroy(id);
             }
         }
+    }
+}
+
+/// Wakes the refill when dropped.
+struct WakeRefill<'a>(&'a ContainerPool);
+
+impl Drop for WakeRefill<'_> {
+    fn drop(&mut self) {
+        self.0.inner.refill.notify_one();
     }
 }
 
