@@ -85,6 +85,9 @@ pub struct Config {
     #[command(flatten)]
     pub api: ApiConfig,
 
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
     /// How long graceful shutdown may take before the process exits anyway, in seconds.
     /// Default 30.
     #[arg(long = "shutdown-timeout-secs", env = "SANDPOOL_SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_secs("SANDPOOL_SHUTDOWN_TIMEOUT_SECS", false))]
@@ -295,10 +298,40 @@ pub struct SessionConfig {
     #[arg(long = "reconnect-grace-secs", env = "SANDPOOL_RECONNECT_GRACE_SECS", default_value = "30", value_parser = parse_secs("SANDPOOL_RECONNECT_GRACE_SECS", false))]
     pub reconnect_grace: Duration,
 
+    /// Sessions this instance keeps detached (their connection dropped, waiting for a resume)
+    /// at most; past it the longest-detached is ended at once, so that a flood of
+    /// connect-and-drop clients holds at most this many sandboxes. Default 100.
+    #[arg(long = "session-max-detached", env = "SANDPOOL_SESSION_MAX_DETACHED", default_value = "100", value_parser = parse_env::<usize>("SANDPOOL_SESSION_MAX_DETACHED"))]
+    pub max_detached: usize,
+
     /// Life of this instance's heartbeat key, in seconds; renewed every third of it. Another
     /// instance may take over its sessions once it has lapsed. Default 15.
     #[arg(long = "heartbeat-ttl-secs", env = "SANDPOOL_HEARTBEAT_TTL_SECS", default_value = "15", value_parser = parse_secs("SANDPOOL_HEARTBEAT_TTL_SECS", true))]
     pub heartbeat_ttl: Duration,
+}
+
+/// Who may open a session (`src/api/auth.rs`). Off when no key is set; set one in
+/// production.
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    /// Shared secret (at least 32 bytes) that signs the HS256 JWTs clients pass as
+    /// `auth.token`. Default unset (no authentication, unless a public key is set).
+    #[arg(
+        long = "auth-hs256-secret",
+        env = "SANDPOOL_AUTH_HS256_SECRET",
+        hide_env_values = true
+    )]
+    pub hs256_secret: Option<String>,
+
+    /// PEM file of the RSA (RS256) or EC P-256 (ES256) public key that verifies the JWTs,
+    /// instead of a shared secret. Default unset.
+    #[arg(long = "auth-public-key-file", env = "SANDPOOL_AUTH_PUBLIC_KEY_FILE")]
+    pub public_key_file: Option<std::path::PathBuf>,
+
+    /// Live sessions one token subject (`sub`) may hold at once, over every replica; 0 means
+    /// no limit. Tokens without `sub` are not limited. Default 5.
+    #[arg(long = "auth-max-sessions-per-subject", env = "SANDPOOL_AUTH_MAX_SESSIONS_PER_SUBJECT", default_value = "5", value_parser = parse_env::<usize>("SANDPOOL_AUTH_MAX_SESSIONS_PER_SUBJECT"))]
+    pub max_sessions_per_subject: usize,
 }
 
 /// Limits of the Socket.IO session API.
@@ -363,7 +396,8 @@ default_from_args!(
     PoolConfig,
     ImageConfig,
     SessionConfig,
-    ApiConfig
+    ApiConfig,
+    AuthConfig
 );
 
 fn default_instance_id() -> String {

@@ -49,6 +49,8 @@ pub enum RunError {
     Store(#[from] session::StoreError),
     #[error("http server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] api::auth::AuthSetupError),
 }
 
 /// Runs the service on `listener` until `shutdown` completes, then drains: the server stops
@@ -58,6 +60,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // A bad key is a startup error, before anything is started.
+    let authenticator = api::auth::Authenticator::from_config(&config.auth)?;
+    if !authenticator.enabled() {
+        tracing::warn!(
+            "authentication is off: anyone who reaches this port gets a sandbox (set SANDPOOL_AUTH_HS256_SECRET or SANDPOOL_AUTH_PUBLIC_KEY_FILE in production)"
+        );
+    }
     let gate = DockerGate::connect(&config.docker_host, &config.gate)
         .await
         .map_err(|source| RunError::Docker {
@@ -93,7 +102,10 @@ pub async fn run(
         store,
         pool.clone(),
         &config.instance_id,
-        session::SessionSettings::from_config(&config.session),
+        session::SessionSettings {
+            max_sessions_per_subject: config.auth.max_sessions_per_subject,
+            ..session::SessionSettings::from_config(&config.session)
+        },
         recovered,
     )
     .await;
@@ -108,6 +120,7 @@ pub async fn run(
     );
     let socket_api = api::SocketApi::new(
         sessions.clone(),
+        authenticator,
         Arc::new(agent::ShellAgent),
         config.api.clone(),
         metrics.clone(),

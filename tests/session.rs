@@ -287,6 +287,7 @@ fn fast_settings() -> SessionSettings {
         janitor_batch: 50,
         heartbeat_ttl: Duration::from_secs(3),
         touch_every: Duration::from_millis(0),
+        ..SessionSettings::default()
     }
 }
 

@@ -294,3 +294,113 @@ async fn two_hundred_sessions_connect_at_once() {
     assert!(sigterm_and_wait(service).success());
     assert!(labeled_containers(&instance).is_empty());
 }
+
+/// A token minted with `secret`.
+fn jwt(claims: serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Authentication through the real client: missing, empty, expired, forged, `alg: none` and
+/// unexpiring tokens are refused with `unauthorized` and hold no sandbox; a valid token opens
+/// a session; a subject holds at most its limit of sessions; a session resumes only with its
+/// subject's token; and connect-and-drop clients hold at most the detached cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked_subjects_limited_and_floods_bounded() {
+    const SECRET: &str = "the-test-secret-of-at-least-32-bytes";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = now + 600;
+    let tokens = [
+        (
+            "TOKEN_ALICE",
+            jwt(serde_json::json!({"sub": "alice", "exp": exp}), SECRET),
+        ),
+        (
+            "TOKEN_BOB",
+            jwt(serde_json::json!({"sub": "bob", "exp": exp}), SECRET),
+        ),
+        ("TOKEN_NO_SUB", jwt(serde_json::json!({"exp": exp}), SECRET)),
+        (
+            "TOKEN_EXPIRED",
+            jwt(serde_json::json!({"sub": "alice", "exp": now - 60}), SECRET),
+        ),
+        (
+            "TOKEN_FORGED",
+            jwt(
+                serde_json::json!({"sub": "alice", "exp": exp}),
+                "some-other-secret-of-at-least-32-bytes",
+            ),
+        ),
+        (
+            "TOKEN_NO_EXP",
+            jwt(serde_json::json!({"sub": "alice"}), SECRET),
+        ),
+        (
+            "TOKEN_NONE_ALG",
+            // {"alg":"none","typ":"JWT"} . {"sub":"alice","exp":9999999999} . (no signature)
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0."
+                .to_string(),
+        ),
+    ];
+    let instance = unique_instance("sock-auth");
+    let _cleanup = Cleanup::new(&instance);
+    let service = spawn_service(
+        &instance,
+        &[
+            ("SANDPOOL_AUTH_HS256_SECRET", SECRET),
+            ("SANDPOOL_AUTH_MAX_SESSIONS_PER_SUBJECT", "2"),
+            ("SANDPOOL_SESSION_MAX_DETACHED", "3"),
+            ("SANDPOOL_RECONNECT_GRACE_SECS", "300"),
+            ("SANDPOOL_POOL_MIN_IDLE", "4"),
+            ("SANDPOOL_POOL_MAX", "20"),
+        ],
+    )
+    .await;
+    let addr = service.addr;
+    let env: Vec<(String, String)> = tokens
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let scenario = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_scenario("auth", addr, &env, |step| {
+            assert_eq!(step, "flooded");
+            tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+        })
+    });
+    within(120, "flood step", async {
+        while rx.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Twelve sessions opened and dropped: at most three stay detached (and hold a sandbox).
+    within(30, "detached sessions bounded", async {
+        loop {
+            let (_, body) = http_get(addr, "/api/pool").await;
+            let pool = json_body(&body);
+            let detached = pool["sessions"]["local"]["detached"].as_u64().unwrap_or(99);
+            let active = pool["sessions"]["local"]["active"].as_u64().unwrap_or(99);
+            if detached <= 3 && active == 0 && pool["leased"].as_u64().unwrap_or(99) <= 3 {
+                assert_eq!(detached, 3, "{pool}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    done_tx.send(()).unwrap();
+    scenario.await.unwrap();
+    assert!(sigterm_and_wait(service).success());
+    assert!(labeled_containers(&instance).is_empty());
+}

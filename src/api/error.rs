@@ -13,6 +13,8 @@ pub enum ErrorCode {
     Overloaded,
     Unavailable,
     SessionExpired,
+    Unauthorized,
+    TooManySessions,
     Internal,
 }
 
@@ -27,12 +29,14 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SessionExpired => "session_expired",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::TooManyRequests,
@@ -41,6 +45,8 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::Unavailable,
         ErrorCode::SessionExpired,
+        ErrorCode::Unauthorized,
+        ErrorCode::TooManySessions,
         ErrorCode::Internal,
     ];
 }
@@ -121,6 +127,13 @@ impl From<&SessionError> for ApiError {
                 ErrorCode::Unavailable,
                 "that session is held by another replica",
             ),
+            SessionError::Unauthorized(_) => Self::new(
+                ErrorCode::Unauthorized,
+                "that session belongs to another subject",
+            ),
+            SessionError::TooManySessions { .. } => {
+                Self::new(ErrorCode::TooManySessions, e.to_string())
+            }
             SessionError::Random(_) => {
                 Self::new(ErrorCode::Internal, "cannot create a resume token")
             }

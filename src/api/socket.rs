@@ -18,6 +18,7 @@ use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use super::auth::Authenticator;
 use super::error::{ApiError, ErrorCode};
 use crate::agent::{Agent, ToolProposal};
 use crate::config::ApiConfig;
@@ -36,6 +37,8 @@ const MAX_PENDING_PER_SESSION: usize = 100;
 /// What the socket layer shares.
 pub struct SocketApi {
     sessions: SessionManager,
+    /// Verifies the handshake's token (a no-op when authentication is off).
+    auth: Authenticator,
     agent: Arc<dyn Agent>,
     limits: ApiConfig,
     metrics: Arc<Metrics>,
@@ -144,6 +147,7 @@ struct ExecRequest {
 impl SocketApi {
     pub fn new(
         sessions: SessionManager,
+        auth: Authenticator,
         agent: Arc<dyn Agent>,
         limits: ApiConfig,
         metrics: Arc<Metrics>,
@@ -151,6 +155,7 @@ impl SocketApi {
         let setup_wait = sessions.acquire_timeout() + Duration::from_secs(10);
         let api = Arc::new(Self {
             sessions,
+            auth,
             agent,
             limits,
             metrics,
@@ -244,18 +249,28 @@ impl SocketApi {
         auth: Option<Value>,
     ) -> Result<(Session, Option<String>, u64, bool), ApiError> {
         let started = Instant::now();
-        if let Some(auth) = auth.filter(|a| !a.is_null()) {
+        let auth = auth.filter(|a| !a.is_null());
+        // Who this is, before anything is taken: refused here, the client holds nothing.
+        let token = auth
+            .as_ref()
+            .and_then(|a| a.get("token"))
+            .and_then(Value::as_str);
+        let identity = self.auth.verify(token)?;
+        let subject = identity.subject.as_deref();
+        if let Some(auth) = auth {
             match parse_resume(&auth) {
-                Ok(Some((id, token))) => match self.sessions.resume(&id, &token).await {
-                    Ok(session) => {
-                        return Ok((session, None, started.elapsed().as_millis() as u64, true));
+                Ok(Some((id, token))) => {
+                    match self.sessions.resume_as(&id, &token, subject).await {
+                        Ok(session) => {
+                            return Ok((session, None, started.elapsed().as_millis() as u64, true));
+                        }
+                        Err(e @ (SessionError::Expired(_) | SessionError::BadToken(_))) => {
+                            // Never the old session: say so, then open a new one.
+                            self.fail(socket, None, (&e).into(), None);
+                        }
+                        Err(e) => return Err((&e).into()),
                     }
-                    Err(e @ (SessionError::Expired(_) | SessionError::BadToken(_))) => {
-                        // Never the old session: say so, then open a new one.
-                        self.fail(socket, None, (&e).into(), None);
-                    }
-                    Err(e) => return Err((&e).into()),
-                },
+                }
                 Ok(None) => {}
                 Err(e) => self.fail(socket, None, e, None),
             }
@@ -271,7 +286,7 @@ impl SocketApi {
         };
         let opened = self
             .sessions
-            .open_queued(&mut on_place)
+            .open_as(&mut on_place, subject)
             .await
             .map_err(|e| ApiError::from(&e))?;
         Ok((
@@ -436,6 +451,9 @@ fn new_call_id() -> String {
 struct AuthPayload {
     session_id: Option<String>,
     resume_token: Option<String>,
+    /// The JWT (see `auth.rs`); read before the rest.
+    #[allow(dead_code)]
+    token: Option<String>,
 }
 
 /// `exec`'s payload.

@@ -33,6 +33,12 @@ pub struct SessionSettings {
     pub heartbeat_ttl: Duration,
     /// At most one store write per session per this, for activity.
     pub touch_every: Duration,
+    /// Live sessions one token subject may hold over every replica; 0: no limit.
+    pub max_sessions_per_subject: usize,
+    /// Sessions this instance keeps detached (waiting for a resume) at most; past it the
+    /// longest-detached is ended at once, so that a flood of connect-and-drop clients cannot
+    /// hold more sandboxes than this.
+    pub max_detached: usize,
 }
 
 impl SessionSettings {
@@ -45,6 +51,8 @@ impl SessionSettings {
             janitor_batch: config.janitor_batch,
             heartbeat_ttl: config.heartbeat_ttl,
             touch_every: TOUCH_EVERY,
+            max_sessions_per_subject: 0,
+            max_detached: config.max_detached,
         }
     }
 }
@@ -109,6 +117,12 @@ pub enum SessionError {
     Elsewhere { id: String, owner: String },
     #[error("no randomness for a resume token: {0}")]
     Random(String),
+    /// The session belongs to another token subject.
+    #[error("session {0} belongs to another subject")]
+    Unauthorized(String),
+    /// The token's subject holds its maximum of live sessions.
+    #[error("subject {subject} already holds its maximum of {limit} live sessions")]
+    TooManySessions { subject: String, limit: usize },
 }
 
 /// A new session, with the token the client needs to resume it (only ever returned here).
@@ -117,6 +131,34 @@ pub struct Opened {
     pub session: Session,
     pub resume_token: String,
     pub lease: Lease,
+}
+
+/// A subject's slot held for a session being opened: freed when dropped unless kept (the
+/// session was recorded; deleting it frees the slot then).
+struct SubjectSlot {
+    store: Arc<dyn SessionStore>,
+    subject: String,
+    session_id: Option<String>,
+}
+
+impl SubjectSlot {
+    fn keep(mut self) {
+        self.session_id = None;
+    }
+}
+
+impl Drop for SubjectSlot {
+    fn drop(&mut self) {
+        if let Some(id) = self.session_id.take() {
+            let (store, subject) = (self.store.clone(), std::mem::take(&mut self.subject));
+            // Not awaited here (a drop); if this fails, the reservation expires by itself.
+            tokio::spawn(async move {
+                if let Err(error) = store.unreserve_subject(&subject, &id).await {
+                    tracing::debug!(%error, "freeing a subject's slot failed; it expires");
+                }
+            });
+        }
+    }
 }
 
 /// A sandbox acquired for a session that is not recorded yet: released when dropped unless
@@ -405,12 +447,71 @@ impl SessionManager {
         self.open_queued(&mut |_| {}).await
     }
 
+    /// `open_queued` for a token `subject` (`None`: anonymous): refused with
+    /// `TooManySessions`, before any sandbox is taken, when the subject holds its maximum of
+    /// live sessions over every replica.
+    pub async fn open_as(
+        &self,
+        on_place: &mut (dyn FnMut(Place) + Send),
+        subject: Option<&str>,
+    ) -> Result<Opened, SessionError> {
+        let limit = self.inner.settings.max_sessions_per_subject;
+        let (Some(subject), true) = (subject, limit > 0) else {
+            let mut opened = self.open_queued(on_place).await?;
+            if let Some(subject) = subject {
+                opened.session.subject = subject.to_string();
+                self.record_subject(&opened.session).await?;
+            }
+            return Ok(opened);
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        if !self
+            .inner
+            .store
+            .reserve_subject(subject, &id, limit)
+            .await?
+        {
+            return Err(SessionError::TooManySessions {
+                subject: subject.to_string(),
+                limit,
+            });
+        }
+        let slot = SubjectSlot {
+            store: self.inner.store.clone(),
+            subject: subject.to_string(),
+            session_id: Some(id.clone()),
+        };
+        let opened = self.open_inner(on_place, Some((id, subject))).await;
+        if opened.is_ok() {
+            slot.keep();
+        }
+        opened
+    }
+
+    /// Writes a session's subject (opened anonymously by `open_queued`, no limit to keep).
+    async fn record_subject(&self, s: &Session) -> Result<(), SessionError> {
+        if let Some(l) = self.local().get_mut(&s.id) {
+            l.session.subject = s.subject.clone();
+        }
+        self.inner.store.put(s).await?;
+        Ok(())
+    }
+
     /// `open`, telling `on_place` the caller's place whenever it changes while it waits in
     /// the pool's queue. Cancel-safe: dropped at any point, it leaks neither the sandbox nor
     /// a session record.
     pub async fn open_queued(
         &self,
         on_place: &mut (dyn FnMut(Place) + Send),
+    ) -> Result<Opened, SessionError> {
+        self.open_inner(on_place, None).await
+    }
+
+    /// The open itself; `named` gives the session's id and subject (already reserved).
+    async fn open_inner(
+        &self,
+        on_place: &mut (dyn FnMut(Place) + Send),
+        named: Option<(String, &str)>,
     ) -> Result<Opened, SessionError> {
         let lease = self.inner.pool.acquire_queued(on_place).await?;
         // Until the session is recorded, the sandbox goes back if this future is dropped or
@@ -422,7 +523,11 @@ impl SessionManager {
             session_id: None,
         };
         let (token, hash) = new_resume_token().map_err(|e| SessionError::Random(e.to_string()))?;
-        let session = Session::new(&self.inner.instance, &lease.container_id, hash, now_ms());
+        let mut session = Session::new(&self.inner.instance, &lease.container_id, hash, now_ms());
+        if let Some((id, subject)) = named {
+            session.id = id;
+            session.subject = subject.to_string();
+        }
         // From here a record may exist: it goes before the sandbox does.
         held.session_id = Some(session.id.clone());
         if let Err(e) = self.inner.store.put(&session).await {
@@ -449,6 +554,17 @@ impl SessionManager {
     /// Resumes a session with its token: same sandbox. A session held by an instance that
     /// stopped heartbeating is taken over (its container adopted, not recreated).
     pub async fn resume(&self, id: &str, token: &str) -> Result<Session, SessionError> {
+        self.resume_as(id, token, None).await
+    }
+
+    /// `resume` for a token `subject`: a session opened with a subject resumes only with
+    /// that subject.
+    pub async fn resume_as(
+        &self,
+        id: &str,
+        token: &str,
+        subject: Option<&str>,
+    ) -> Result<Session, SessionError> {
         let store = &self.inner.store;
         let mut s = store
             .get(id)
@@ -456,6 +572,9 @@ impl SessionManager {
             .ok_or_else(|| SessionError::Expired(id.to_string()))?;
         if !token_matches(token, &s.token_hash) {
             return Err(SessionError::BadToken(id.to_string()));
+        }
+        if !s.subject.is_empty() && subject != Some(s.subject.as_str()) {
+            return Err(SessionError::Unauthorized(id.to_string()));
         }
         if s.state == SessionState::Ending {
             return Err(SessionError::Expired(id.to_string()));
@@ -550,6 +669,30 @@ impl SessionManager {
         }
         if let Err(error) = self.inner.store.detach(id, now).await {
             tracing::warn!(session_id = %id, %error, "marking a session detached failed; the catch-up loop will retry");
+        }
+        // Bound what dropped connections hold: past the cap, the longest-detached go now.
+        let excess: Vec<String> = {
+            let local = self.local();
+            let mut detached: Vec<(i64, &String)> = local
+                .iter()
+                .filter(|(_, l)| l.session.state == SessionState::Detached)
+                .map(|(id, l)| (l.session.detached_at_ms, id))
+                .collect();
+            let over = detached
+                .len()
+                .saturating_sub(self.inner.settings.max_detached);
+            detached.sort();
+            detached
+                .into_iter()
+                .take(over)
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        for id in excess {
+            tracing::info!(session_id = %id, "too many detached sessions; ending the longest-detached");
+            if let Err(error) = self.end(&id, EndReason::Disconnected).await {
+                tracing::warn!(session_id = %id, %error, "ending a detached session failed");
+            }
         }
     }
 

@@ -24,6 +24,8 @@ struct Mem {
     handed: HashMap<String, HashSet<String>>,
     /// Every instance that ever heartbeated.
     known: HashSet<String>,
+    /// Live sessions and reservations per token subject; a reservation expires.
+    subjects: HashMap<String, HashMap<String, Option<Instant>>>,
 }
 
 impl Mem {
@@ -234,6 +236,38 @@ impl SessionStore for MemoryStore {
         let mut mem = self.lock();
         if let Some(s) = mem.sessions.remove(id) {
             mem.unindex(&s);
+            if let Some(set) = mem.subjects.get_mut(&s.subject) {
+                set.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn reserve_subject(
+        &self,
+        subject: &str,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<bool, StoreError> {
+        let mut mem = self.lock();
+        let now = Instant::now();
+        let sessions: HashSet<String> = mem.sessions.keys().cloned().collect();
+        let set = mem.subjects.entry(subject.to_string()).or_default();
+        // A session that was put holds its slot; a reservation holds it until it expires.
+        set.retain(|id, until| sessions.contains(id) || until.is_some_and(|t| t > now));
+        if set.len() >= limit {
+            return Ok(false);
+        }
+        set.insert(
+            session_id.to_string(),
+            Some(now + std::time::Duration::from_secs(120)),
+        );
+        Ok(true)
+    }
+
+    async fn unreserve_subject(&self, subject: &str, session_id: &str) -> Result<(), StoreError> {
+        if let Some(set) = self.lock().subjects.get_mut(subject) {
+            set.remove(session_id);
         }
         Ok(())
     }

@@ -53,6 +53,9 @@ pub struct Session {
     /// Who claimed it and when (state `ending`), else empty and 0.
     pub claimed_by: String,
     pub claimed_at_ms: i64,
+    /// The `sub` of the token that opened it; empty when anonymous. A resume needs a token
+    /// with the same subject.
+    pub subject: String,
 }
 
 impl Session {
@@ -69,6 +72,7 @@ impl Session {
             detached_at_ms: 0,
             claimed_by: String::new(),
             claimed_at_ms: 0,
+            subject: String::new(),
         }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P session:<id>` | hash | `id`, `owner`, `container`, `token_hash`, `created_ms`, `last_active_ms`, `state`, `detached_at_ms`, `claimed_by`, `claimed_at_ms` |
+//! | `P session:<id>` | hash | `id`, `owner`, `container`, `token_hash`, `created_ms`, `last_active_ms`, `state`, `detached_at_ms`, `claimed_by`, `claimed_at_ms`, `subject` (absent in records of older versions: anonymous) |
+//! | `P subject:<sub>` | set | the live sessions (and reservations) of a token subject |
+//! | `P reserve:<id>` | string with a TTL | a subject's slot held for a session being opened |
 //! | `P idx:active` | sorted set | every session, scored by last-active time (ms) |
 //! | `P idx:detached` | sorted set | detached sessions, scored by when the socket dropped |
 //! | `P idx:ending` | sorted set | ending sessions, scored by claim time |
@@ -37,7 +39,7 @@ if old and old ~= ARGV[2] then redis.call('SREM', ARGV[11] .. old, ARGV[1]) end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'owner', ARGV[2], 'container', ARGV[3],
   'token_hash', ARGV[4], 'created_ms', ARGV[5], 'last_active_ms', ARGV[6], 'state', ARGV[7],
-  'detached_at_ms', ARGV[8], 'claimed_by', ARGV[9], 'claimed_at_ms', ARGV[10])
+  'detached_at_ms', ARGV[8], 'claimed_by', ARGV[9], 'claimed_at_ms', ARGV[10], 'subject', ARGV[12])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 if ARGV[7] == 'detached' then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1]) else redis.call('ZREM', KEYS[3], ARGV[1]) end
 if ARGV[7] == 'ending' then redis.call('ZADD', KEYS[4], ARGV[10], ARGV[1]) else redis.call('ZREM', KEYS[4], ARGV[1]) end
@@ -106,8 +108,29 @@ end
 return out
 "#;
 
+/// Holds one of a subject's slots for `ARGV[1]` if fewer than `ARGV[2]` are taken. Members
+/// that are neither a session nor a live reservation (an opener that crashed) are pruned
+/// first, so a crash never keeps a slot for longer than the reservation's life.
+const RESERVE: &str = r#"
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[3] .. id) == 0 and redis.call('EXISTS', ARGV[4] .. id) == 0 then
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SET', ARGV[4] .. ARGV[1], '1', 'PX', ARGV[5])
+return 1
+"#;
+
+/// How long a subject's slot is held for a session being opened (the longest an open can
+/// take: the queue's wait and a create).
+const RESERVATION_TTL_MS: u64 = 120_000;
+
 const DELETE: &str = r#"
 local owner = redis.call('HGET', KEYS[1], 'owner')
+local subject = redis.call('HGET', KEYS[1], 'subject')
+if subject and subject ~= '' then redis.call('SREM', ARGV[3] .. subject, ARGV[1]) end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -133,6 +156,7 @@ struct Scripts {
     claim: Script,
     delete: Script,
     transfer: Script,
+    reserve: Script,
 }
 
 /// Sessions in Redis, over one multiplexed connection that reconnects by itself.
@@ -177,6 +201,7 @@ impl RedisStore {
                 claim: Script::new(CLAIM),
                 delete: Script::new(DELETE),
                 transfer: Script::new(TRANSFER),
+                reserve: Script::new(RESERVE),
             },
         })
     }
@@ -282,6 +307,7 @@ fn session_from_fields(mut f: HashMap<String, String>) -> Result<Session, StoreE
         container_id: f.remove("container").unwrap_or_default(),
         token_hash: f.remove("token_hash").unwrap_or_default(),
         claimed_by: f.remove("claimed_by").unwrap_or_default(),
+        subject: f.remove("subject").unwrap_or_default(),
         state,
         id,
     })
@@ -320,6 +346,7 @@ impl SessionStore for RedisStore {
             .arg(&s.claimed_by)
             .arg(s.claimed_at_ms)
             .arg(self.owner_prefix())
+            .arg(&s.subject)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
@@ -418,7 +445,42 @@ impl SessionStore for RedisStore {
             .key(self.idx("ending"))
             .arg(id)
             .arg(self.owner_prefix())
+            .arg(format!("{}subject:", self.prefix))
             .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn reserve_subject(
+        &self,
+        subject: &str,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .scripts
+            .reserve
+            .key(format!("{}subject:{subject}", self.prefix))
+            .arg(session_id)
+            .arg(limit)
+            .arg(format!("{}session:", self.prefix))
+            .arg(format!("{}reserve:", self.prefix))
+            .arg(RESERVATION_TTL_MS)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    async fn unreserve_subject(&self, subject: &str, session_id: &str) -> Result<(), StoreError> {
+        let _: () = redis::pipe()
+            .atomic()
+            .srem(format!("{}subject:{subject}", self.prefix), session_id)
+            .ignore()
+            .del(format!("{}reserve:{session_id}", self.prefix))
+            .ignore()
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         Ok(())

@@ -134,6 +134,19 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Counts: (sessions, by state) for status pages; may scan, so not for hot paths.
     async fn count(&self) -> Result<usize, StoreError>;
 
+    /// Holds one of `subject`'s at most `limit` live-session slots for `session_id` (being
+    /// opened); `false` when all are taken. The slot is freed when the session is deleted,
+    /// by `unreserve_subject`, or (an opener that crashed) after a while.
+    async fn reserve_subject(
+        &self,
+        subject: &str,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<bool, StoreError>;
+
+    /// Frees the slot `reserve_subject` held for a session that was not opened after all.
+    async fn unreserve_subject(&self, subject: &str, session_id: &str) -> Result<(), StoreError>;
+
     /// Starts receiving the messages sent to `instance` (one listener per instance).
     async fn listen(&self, instance: &str) -> Result<mpsc::Receiver<BusMessage>, StoreError>;
 

@@ -35,6 +35,7 @@ function connect(auth) {
   s.on("tool:result", (r) => s.results.push(r));
   s.on("tool:request", (r) => s.requests.push(r));
   s.on("session:expired", (e) => s.expired.push(e));
+  s.on("session", (x) => { s.session = x; });
   return s;
 }
 
@@ -189,6 +190,58 @@ const scenarios = {
     const still = await exec(s, "echo still-here");
     assert.equal(still.stdout, "still-here\n");
     await ack(s, "session:end");
+    return {};
+  },
+
+  // Authentication (tokens minted by the test in TOKEN_* variables): refusals are typed and
+  // hold nothing; a subject's sessions are limited and resume only with that subject; a
+  // flood of connect-and-drop clients holds at most the detached cap.
+  async auth() {
+    const env = process.env;
+    const refused = async (auth, what) => {
+      const s = connect(auth);
+      await until(() => s.errors.length > 0 || s.session, `${what}: an answer`);
+      assert.equal(s.session, undefined, `${what}: no session`);
+      assert.equal(s.errors[0].code, "unauthorized", `${what}: ${JSON.stringify(s.errors)}`);
+      await until(() => !s.connected, `${what}: disconnected`);
+      return s.errors[0];
+    };
+    await refused(undefined, "no token");
+    await refused({ token: "" }, "empty token");
+    await refused({ token: env.TOKEN_EXPIRED }, "expired token");
+    await refused({ token: env.TOKEN_FORGED }, "forged token");
+    await refused({ token: env.TOKEN_NONE_ALG }, "alg none");
+    await refused({ token: env.TOKEN_NO_EXP }, "no exp");
+
+    // Valid: a session that works.
+    const a1 = await session({ token: env.TOKEN_ALICE });
+    assert.equal((await exec(a1, "echo hi")).stdout, "hi\n");
+    // The subject's limit (2): a third is refused before any sandbox is taken.
+    const a2 = await session({ token: env.TOKEN_ALICE });
+    const a3 = connect({ token: env.TOKEN_ALICE });
+    await until(() => a3.errors.length > 0, "third alice session refused");
+    assert.equal(a3.errors[0].code, "too_many_sessions", JSON.stringify(a3.errors));
+    await until(() => !a3.connected, "third disconnected");
+    // Ending one frees a slot.
+    await ack(a2, "session:end");
+    await until(() => !a2.connected, "a2 ended");
+    const a4 = await session({ token: env.TOKEN_ALICE });
+
+    // Resume: another subject's token is refused; the right one resumes.
+    const resume = { sessionId: a1.session.sessionId, resumeToken: a1.session.resumeToken };
+    await refused({ ...resume, token: env.TOKEN_BOB }, "resume with bob's token");
+    await refused({ ...resume }, "resume without a token");
+    const back = await session({ ...resume, token: env.TOKEN_ALICE });
+    assert.equal(back.session.sessionId, a1.session.sessionId);
+    assert.equal(back.session.resumed, true);
+    await ack(back, "session:end");
+    await ack(a4, "session:end");
+
+    // A flood of connect-and-drop clients (tokens without a subject are not limited).
+    const flood = [];
+    for (let i = 0; i < 12; i++) flood.push(await session({ token: env.TOKEN_NO_SUB }));
+    for (const f of flood) f.close();
+    await step("flooded");
     return {};
   },
 
