@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::manager::{EndReason, SessionManager};
+use super::error::EndReason;
+use super::manager::SessionManager;
 use super::model::{Session, now_ms};
 use super::store::{BusMessage, StoreError};
 

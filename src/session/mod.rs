@@ -5,19 +5,22 @@
 //!
 //! This module knows nothing of sockets: it reports ends through [`SessionHooks`].
 
+mod error;
 mod handover;
 mod manager;
 mod memory_store;
 mod model;
+mod open;
+mod redis_scripts;
 mod redis_store;
 mod store;
+mod upkeep;
 
 /// The parts of the pool that are part of the session interface: the layers above speak of
 /// these through this module, never to the pool itself.
 pub use crate::pool::{Failure, OutputChunk, OutputStream, Place, PoolError, PoolStatus};
-pub use manager::{
-    EndReason, JanitorReport, Opened, SessionError, SessionHooks, SessionManager, SessionSettings,
-};
+pub use error::{EndReason, SessionError};
+pub use manager::{JanitorReport, Opened, SessionHooks, SessionManager, SessionSettings};
 pub use memory_store::MemoryStore;
 pub use model::{Session, SessionState, hash_token, new_resume_token, now_ms, token_matches};
 pub use redis_store::RedisStore;

@@ -1,0 +1,412 @@
+//! The event handlers, one per event, each validating its payload and answering with a
+//! result or a typed error.
+
+use super::*;
+
+// -------------------------------------------------------------------------------------------
+// Handlers, one per event.
+
+/// Connect middleware: runs before the client is told it is connected, so the handlers are in
+/// place before its first event can arrive (the connect handler itself runs after the CONNECT
+/// packet is sent, and an event that found no handler would be lost).
+pub(super) async fn prepare(socket: SocketRef) -> Result<(), Infallible> {
+    let (tx, rx) = watch::channel(Slot::Pending);
+    socket.extensions.insert(ConnSlot(rx));
+    socket.extensions.insert(SlotSender(Arc::new(tx)));
+    socket.on("exec", on_exec);
+    socket.on("message", on_message);
+    socket.on("tool:approval", on_approval);
+    socket.on("session:end", on_end);
+    socket.on_fallback(on_unknown);
+    socket.on_disconnect(on_disconnect);
+    Ok(())
+}
+
+pub(super) async fn on_connect(
+    socket: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(api): State<Arc<SocketApi>>,
+) {
+    let started = Instant::now();
+    let Some(SlotSender(tx)) = socket.extensions.get::<SlotSender>() else {
+        tracing::warn!("connection without a session slot");
+        let _ = socket.disconnect();
+        return;
+    };
+    match api.establish(&socket, auth.ok()).await {
+        Ok((session, token, acquire_ms, resumed)) => {
+            let conn = Arc::new(Conn {
+                session_id: session.id.clone(),
+                container_id: session.container_id.clone(),
+                inflight: Arc::new(Semaphore::new(api.limits.max_inflight_per_session)),
+                pending: Mutex::new(HashMap::new()),
+            });
+            api.bind(&session.id, &socket);
+            let _ = tx.send(Slot::Ready(conn));
+            if !socket.connected() {
+                // The client left while its session was being set up, before the disconnect
+                // handler could see the session: detach it here so that the grace applies.
+                if api.unbind_if_current(&session.id, &socket) {
+                    api.sessions.detach(&session.id).await;
+                }
+                return;
+            }
+            let workspace: String = session.container_id.chars().take(12).collect();
+            // A resumed session's token is the one the client already has; it is not sent again.
+            let payload = SessionPayload {
+                session_id: &session.id,
+                resume_token: token.as_deref().unwrap_or(""),
+                workspace_id: &workspace,
+                acquire_ms,
+                resumed,
+                instance: api.sessions.instance(),
+            };
+            let _ = socket.emit("session", &payload);
+            api.metrics.handout(started.elapsed());
+            if started.elapsed() > Duration::from_secs(1) {
+                tracing::warn!(session_id = %session.id, elapsed_ms = started.elapsed().as_millis() as u64, "slow session handout");
+            }
+            tracing::info!(session_id = %session.id, container_id = %session.container_id, acquire_ms, resumed, "session ready");
+        }
+        Err(error) => {
+            let _ = tx.send(Slot::Failed);
+            api.fail(&socket, None, error, None);
+            let _ = socket.disconnect();
+        }
+    }
+}
+
+/// A refused request: the error, and the call it concerns if one was named or made.
+pub(super) struct Refusal {
+    error: ApiError,
+    call_id: Option<String>,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Self {
+            error,
+            call_id: None,
+        }
+    }
+}
+
+impl Refusal {
+    fn for_call(error: ApiError, call_id: &str) -> Self {
+        Self {
+            error,
+            call_id: Some(call_id.to_string()),
+        }
+    }
+}
+
+impl SocketApi {
+    /// Answers a request: its ack body, or its refusal (see [`SocketApi::fail`]).
+    fn answer(&self, socket: &SocketRef, reply: Reply, result: Result<Value, Refusal>) {
+        match result {
+            Ok(body) => reply.send(&body),
+            Err(r) => self.fail(socket, Some(reply), r.error, r.call_id.as_deref()),
+        }
+    }
+}
+
+pub(super) async fn on_exec(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    reply: Reply,
+    State(api): State<Arc<SocketApi>>,
+) {
+    let result = exec_request(&api, &socket, data).await;
+    api.answer(&socket, reply, result);
+}
+
+pub(super) async fn exec_request(
+    api: &SocketApi,
+    socket: &SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<Value, Refusal> {
+    let conn = api.active_conn(socket).await?;
+    let req = parse_exec(data, &api.limits)?;
+    let permit = api.permit(&conn)?;
+    let call_id = new_call_id();
+    let result = api
+        .run(socket, &conn, &call_id, &req.command, req.timeout)
+        .await;
+    drop(permit);
+    let out = result.map_err(|e| Refusal::for_call(e, &call_id))?;
+    Ok(json!({
+        "ok": true,
+        "callId": call_id,
+        "status": out.status,
+        "exitCode": out.exit_code,
+        "stdout": String::from_utf8_lossy(&out.stdout),
+        "stderr": String::from_utf8_lossy(&out.stderr),
+        "truncated": out.truncated,
+        "durationMs": out.duration_ms,
+    }))
+}
+
+pub(super) async fn on_message(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    reply: Reply,
+    State(api): State<Arc<SocketApi>>,
+) {
+    let result = message_request(&api, &socket, data).await;
+    api.answer(&socket, reply, result);
+}
+
+pub(super) async fn message_request(
+    api: &SocketApi,
+    socket: &SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<Value, Refusal> {
+    let conn = api.active_conn(socket).await?;
+    let text = parse_message(data, &api.limits)?;
+    let proposals = api
+        .agent
+        .propose(&text)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let mut call_ids = Vec::new();
+    for proposal in proposals {
+        let ToolProposal::Exec { command } = &proposal;
+        let call_id = new_call_id();
+        {
+            let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= MAX_PENDING_PER_SESSION {
+                return Err(ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    format!("at most {MAX_PENDING_PER_SESSION} tool calls may wait for approval"),
+                )
+                .into());
+            }
+            pending.insert(call_id.clone(), command.clone());
+        }
+        let _ = socket.emit(
+            "tool:request",
+            &json!({"callId": call_id, "tool": proposal.tool(), "args": {"command": command}}),
+        );
+        call_ids.push(call_id);
+    }
+    Ok(json!({"ok": true, "callIds": call_ids}))
+}
+
+/// An accepted approval: the call is rejected, or it runs under `permit`.
+pub(super) enum Approval {
+    Rejected(String),
+    Run {
+        conn: Arc<Conn>,
+        call_id: String,
+        command: String,
+        permit: OwnedSemaphorePermit,
+    },
+}
+
+pub(super) async fn on_approval(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    reply: Reply,
+    State(api): State<Arc<SocketApi>>,
+) {
+    match approval_request(&api, &socket, data).await {
+        Err(r) => api.fail(&socket, Some(reply), r.error, r.call_id.as_deref()),
+        Ok(Approval::Rejected(call_id)) => {
+            api.metrics.exec_done("rejected", Duration::ZERO);
+            reply.send(&json!({"ok": true, "callId": call_id}));
+            let _ = socket.emit(
+                "tool:result",
+                &json!({"callId": call_id, "status": "rejected"}),
+            );
+        }
+        Ok(Approval::Run {
+            conn,
+            call_id,
+            command,
+            permit,
+        }) => {
+            // Accepted: the ack now, the result as `tool:result` when the command ends.
+            reply.send(&json!({"ok": true, "callId": call_id}));
+            let timeout = api.limits.exec_default_timeout;
+            let result = api.run(&socket, &conn, &call_id, &command, timeout).await;
+            drop(permit);
+            let body = match result {
+                Ok(out) => {
+                    json!({"callId": call_id, "status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms})
+                }
+                Err(e) => {
+                    api.metrics.api_error(e.code.as_str());
+                    json!({"callId": call_id, "status": "error", "exitCode": null, "error": {"code": e.code.as_str(), "message": e.message}})
+                }
+            };
+            let _ = socket.emit("tool:result", &body);
+        }
+    }
+}
+
+pub(super) async fn approval_request(
+    api: &SocketApi,
+    socket: &SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<Approval, Refusal> {
+    let conn = api.active_conn(socket).await?;
+    let (call_id, approved) = parse_approval(data)?;
+    // Only this session's own proposals are here, and each is taken once.
+    let command = conn
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&call_id);
+    let Some(command) = command else {
+        let e = ApiError::new(
+            ErrorCode::NotFound,
+            "no tool call with that callId is waiting for approval",
+        );
+        return Err(Refusal::for_call(e, &call_id));
+    };
+    if !approved {
+        return Ok(Approval::Rejected(call_id));
+    }
+    match api.permit(&conn) {
+        Ok(permit) => Ok(Approval::Run {
+            conn,
+            call_id,
+            command,
+            permit,
+        }),
+        Err(e) => {
+            // Not run: it stays waiting, so the client can approve it again later.
+            conn.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(call_id.clone(), command);
+            Err(Refusal::for_call(e, &call_id))
+        }
+    }
+}
+
+pub(super) async fn on_end(socket: SocketRef, reply: Reply, State(api): State<Arc<SocketApi>>) {
+    let conn = match api.conn(&socket).await {
+        Ok(c) => c,
+        Err(e) => return api.fail(&socket, Some(reply), e, None),
+    };
+    match api.sessions.end(&conn.session_id, EndReason::Ended).await {
+        Ok(_) => {
+            reply.send(&json!({"ok": true, "sessionId": conn.session_id}));
+            let _ = socket.disconnect();
+        }
+        Err(e) => api.fail(&socket, Some(reply), (&e).into(), None),
+    }
+}
+
+/// Any other event: a typed `bad_request` naming it (in its ack when it asked for one); the
+/// socket stays. An event name the client sent with a lone UTF-16 surrogate arrives here
+/// with U+FFFD in its place (the patched parser, docs/API.md).
+pub(super) async fn on_unknown(
+    socket: SocketRef,
+    Event(event): Event,
+    reply: Reply,
+    State(api): State<Arc<SocketApi>>,
+) {
+    tracing::debug!(event, "unknown socket event");
+    let shown: String = event.chars().take(64).collect();
+    api.fail(
+        &socket,
+        Some(reply),
+        ApiError::bad_request(format!("unknown event {shown:?}")),
+        None,
+    );
+}
+
+pub(super) async fn on_disconnect(socket: SocketRef, State(api): State<Arc<SocketApi>>) {
+    let Some(ConnSlot(rx)) = socket.extensions.get::<ConnSlot>() else {
+        return;
+    };
+    let Slot::Ready(conn) = rx.borrow().clone() else {
+        return;
+    };
+    // Detach only if this socket is still the session's (not replaced by a resume, not ended).
+    if api.unbind_if_current(&conn.session_id, &socket) {
+        api.sessions.detach(&conn.session_id).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ApiConfig {
+        ApiConfig::default()
+    }
+
+    #[test]
+    fn exec_payloads_are_validated() {
+        let ok = parse_exec(
+            Ok::<_, String>(json!({"command": "ls", "timeoutMs": 5000})),
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.command.as_str(), ok.timeout),
+            ("ls", Duration::from_secs(5))
+        );
+        for bad in [
+            json!("ls"),
+            json!({}),
+            json!({"command": 5}),
+            json!({"command": "  "}),
+            json!({"command": "ls", "timeoutMs": 0}),
+            json!({"command": "ls", "timeoutMs": -1}),
+            json!({"command": "ls", "timeoutMs": 1.5}),
+            json!({"command": "ls", "timeoutMs": "5"}),
+            json!({"command": "ls", "timeoutMs": 300_001}),
+            json!({"command": "x".repeat(16 * 1024 + 1)}),
+        ] {
+            let e = parse_exec(Ok::<_, String>(bad.clone()), &limits())
+                .err()
+                .unwrap_or_else(|| panic!("accepted {bad}"));
+            assert_eq!(e.code, ErrorCode::BadRequest);
+        }
+    }
+
+    #[test]
+    fn messages_and_approvals_are_validated() {
+        assert_eq!(
+            parse_message(Ok::<_, String>(json!("ls")), &limits()).unwrap(),
+            "ls"
+        );
+        assert_eq!(
+            parse_message(Ok::<_, String>(json!({"text": "pwd"})), &limits()).unwrap(),
+            "pwd"
+        );
+        for bad in [
+            json!(""),
+            json!(" "),
+            json!(3),
+            json!({"text": 3}),
+            json!(null),
+        ] {
+            assert!(parse_message(Ok::<_, String>(bad), &limits()).is_err());
+        }
+        assert_eq!(
+            parse_approval(Ok::<_, String>(json!({"callId": "a", "approved": true}))).unwrap(),
+            ("a".into(), true)
+        );
+        for bad in [
+            json!({"callId": "a"}),
+            json!({"callId": "", "approved": true}),
+            json!({"approved": "yes", "callId": "a"}),
+            json!([]),
+        ] {
+            assert!(parse_approval(Ok::<_, String>(bad)).is_err());
+        }
+        assert!(
+            parse_resume(&json!({"sessionId": "a", "resumeToken": "b"}))
+                .unwrap()
+                .is_some()
+        );
+        assert!(parse_resume(&json!({})).unwrap().is_none());
+        assert!(parse_resume(&json!({"sessionId": 1, "resumeToken": "b"})).is_err());
+        assert!(parse_resume(&json!("x")).is_err());
+    }
+}

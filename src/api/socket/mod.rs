@@ -1,0 +1,409 @@
+//! The Socket.IO session API (namespace `/`): one session and one sandbox per connection.
+//! The contract is `docs/API.md`; this file implements it. One function per event; each
+//! validates its payload into a typed request, and every refusal is a typed error (in the ack
+//! when the client asked for one, else an `error` event). A bad request never closes the
+//! socket and never holds up the session's other requests (each event runs in its own task).
+//!
+//! Rooms: this file (the shared state, session set-up, running a command with its output
+//! streamed), `payload.rs` (the wire types and request parsing), `handlers.rs` (one function
+//! per event).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::handler::{ConnectHandler, FromMessageParts};
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::Socket;
+use socketioxide::{SendError, SocketError, SocketIo};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+mod handlers;
+mod payload;
+
+use handlers::{on_connect, prepare};
+use payload::*;
+
+use super::auth::Authenticator;
+use super::error::{ApiError, ErrorCode};
+use crate::agent::{Agent, ToolProposal};
+use crate::config::ApiConfig;
+use crate::metrics::Metrics;
+use crate::session::{
+    EndReason, OutputChunk, OutputStream, Place, Session, SessionError, SessionHooks,
+    SessionManager,
+};
+
+/// The event that carries an error to a client that gave no ack. Not `error`: load tools
+/// (artillery's socketio engine) treat a server event named `error` as a failure of their own
+/// connection and crash on it (docs/API.md).
+pub const ERROR_EVENT: &str = "sandpool:error";
+/// Proposed tool calls a session may have waiting for approval at once.
+const MAX_PENDING_PER_SESSION: usize = 100;
+/// What the socket layer shares.
+pub struct SocketApi {
+    sessions: SessionManager,
+    /// Verifies the handshake's token (a no-op when authentication is off).
+    auth: Authenticator,
+    agent: Arc<dyn Agent>,
+    limits: ApiConfig,
+    metrics: Arc<Metrics>,
+    /// Session id → the socket bound to it on this instance.
+    bound: Mutex<HashMap<String, SocketRef>>,
+    /// How long an event waits for its connection's session to be set up.
+    setup_wait: Duration,
+}
+
+/// One connection's session.
+struct Conn {
+    session_id: String,
+    container_id: String,
+    /// Commands running now (`max_inflight_per_session` permits).
+    inflight: Arc<Semaphore>,
+    /// Proposed tool calls waiting for approval: call id → command.
+    pending: Mutex<HashMap<String, String>>,
+}
+
+#[derive(Clone)]
+enum Slot {
+    Pending,
+    Ready(Arc<Conn>),
+    Failed,
+}
+
+/// The connection's session as it is being set up; events wait on it.
+#[derive(Clone)]
+struct ConnSlot(watch::Receiver<Slot>);
+
+/// The setting side of [`ConnSlot`], kept by the connect handler.
+#[derive(Clone)]
+struct SlotSender(Arc<watch::Sender<Slot>>);
+
+/// The ack of an event, and whether the client asked for one.
+pub struct Reply {
+    ack: AckSender,
+    wanted: bool,
+}
+
+impl FromMessageParts<socketioxide::adapter::LocalAdapter> for Reply {
+    type Error = Infallible;
+    fn from_message_parts(
+        s: &Arc<Socket<socketioxide::adapter::LocalAdapter>>,
+        v: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        Ok(Reply {
+            ack: AckSender::from_message_parts(s, v, ack_id)?,
+            wanted: ack_id.is_some(),
+        })
+    }
+}
+
+impl Reply {
+    fn send(self, body: &Value) {
+        if let Err(error) = self.ack.send(body) {
+            tracing::debug!(%error, "sending an ack failed");
+        }
+    }
+}
+
+impl SocketApi {
+    pub fn new(
+        sessions: SessionManager,
+        auth: Authenticator,
+        agent: Arc<dyn Agent>,
+        limits: ApiConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let setup_wait = sessions.acquire_timeout() + Duration::from_secs(10);
+        let api = Arc::new(Self {
+            sessions,
+            auth,
+            agent,
+            limits,
+            metrics,
+            bound: Mutex::new(HashMap::new()),
+            setup_wait,
+        });
+        let hooks: std::sync::Weak<SocketApi> = Arc::downgrade(&api);
+        api.sessions.set_hooks(hooks);
+        api
+    }
+
+    /// The Socket.IO layer to put on the axum router, and the handle to close it.
+    pub fn layer(self: &Arc<Self>) -> (SocketIoLayer, SocketIo) {
+        let (layer, io) = SocketIo::builder()
+            .with_state(self.clone())
+            // Commands are at most 16 KiB by default; an oversized message still reaches the
+            // handler (and gets `bad_request`) up to this bound.
+            .max_payload(1 << 20)
+            .build_layer();
+        io.ns("/", on_connect.with(prepare));
+        (layer, io)
+    }
+
+    fn bound(&self) -> std::sync::MutexGuard<'_, HashMap<String, SocketRef>> {
+        self.bound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends an error: in the ack when the client asked for one, else as an `error` event.
+    fn fail(
+        &self,
+        socket: &SocketRef,
+        reply: Option<Reply>,
+        error: ApiError,
+        call_id: Option<&str>,
+    ) {
+        self.metrics.api_error(error.code.as_str());
+        let mut body = json!({"code": error.code.as_str(), "message": error.message});
+        if let Some(id) = call_id {
+            body["callId"] = json!(id);
+        }
+        match reply {
+            Some(reply) if reply.wanted => reply.send(&json!({"ok": false, "error": body})),
+            _ => {
+                if let Err(e) = socket.emit(ERROR_EVENT, &body) {
+                    tracing::debug!(error = %e, "emitting an error failed");
+                }
+            }
+        }
+    }
+
+    /// Waits for the connection's session to be set up.
+    async fn conn(&self, socket: &SocketRef) -> Result<Arc<Conn>, ApiError> {
+        let Some(ConnSlot(mut rx)) = socket.extensions.get::<ConnSlot>() else {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "connection has no session slot",
+            ));
+        };
+        let waited = tokio::time::timeout(
+            self.setup_wait,
+            rx.wait_for(|s| !matches!(s, Slot::Pending)),
+        )
+        .await;
+        match waited {
+            Ok(Ok(slot)) => match &*slot {
+                Slot::Ready(conn) => Ok(conn.clone()),
+                _ => Err(ApiError::new(
+                    ErrorCode::SessionExpired,
+                    "this connection has no session",
+                )),
+            },
+            _ => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the session is not ready",
+            )),
+        }
+    }
+
+    /// The connection's session, with its activity recorded: every event a client sends goes
+    /// through this.
+    async fn active_conn(&self, socket: &SocketRef) -> Result<Arc<Conn>, ApiError> {
+        let conn = self.conn(socket).await?;
+        self.sessions.touch(&conn.session_id).await;
+        Ok(conn)
+    }
+
+    /// Resumes the session named in `auth`, or opens a new one.
+    async fn establish(
+        &self,
+        socket: &SocketRef,
+        auth: Option<Value>,
+    ) -> Result<(Session, Option<String>, u64, bool), ApiError> {
+        let started = Instant::now();
+        let auth = auth.filter(|a| !a.is_null());
+        // Who this is, before anything is taken: refused here, the client holds nothing.
+        let token = auth
+            .as_ref()
+            .and_then(|a| a.get("token"))
+            .and_then(Value::as_str);
+        let identity = self.auth.verify(token)?;
+        let subject = identity.subject.as_deref();
+        if let Some(auth) = auth {
+            match parse_resume(&auth) {
+                Ok(Some((id, token))) => {
+                    match self.sessions.resume_as(&id, &token, subject).await {
+                        Ok(session) => {
+                            return Ok((session, None, started.elapsed().as_millis() as u64, true));
+                        }
+                        Err(e @ (SessionError::Expired(_) | SessionError::BadToken(_))) => {
+                            // Never the old session: say so, then open a new one.
+                            self.fail(socket, None, (&e).into(), None);
+                        }
+                        Err(e) => return Err((&e).into()),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => self.fail(socket, None, e, None),
+            }
+        }
+        // While the pool's queue holds this client, it hears its place as it moves.
+        let queued = socket.clone();
+        let mut on_place = move |place: Place| {
+            let payload = QueuePayload {
+                position: place.position,
+                estimate_ms: place.estimate_ms,
+            };
+            let _ = queued.emit("queue", &payload);
+        };
+        let opened = self
+            .sessions
+            .open_as(&mut on_place, subject)
+            .await
+            .map_err(|e| ApiError::from(&e))?;
+        Ok((
+            opened.session,
+            Some(opened.resume_token),
+            opened.lease.waited.as_millis() as u64,
+            false,
+        ))
+    }
+
+    /// Binds a session to this socket; a socket bound to it before is told and closed.
+    fn bind(&self, session_id: &str, socket: &SocketRef) {
+        let previous = self.bound().insert(session_id.to_string(), socket.clone());
+        if let Some(old) = previous.filter(|old| old.id != socket.id) {
+            let _ = old.emit(
+                "session:expired",
+                &json!({"sessionId": session_id, "reason": "resumed_elsewhere"}),
+            );
+            let _ = old.disconnect();
+        }
+    }
+
+    /// Unbinds the session if `socket` is the one bound to it; `true` when it was.
+    fn unbind_if_current(&self, session_id: &str, socket: &SocketRef) -> bool {
+        let mut bound = self.bound();
+        match bound.get(session_id) {
+            Some(s) if s.id == socket.id => bound.remove(session_id).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Runs `command` in the session's sandbox, streaming `tool:output`. A client that stops
+    /// reading slows the command down until its timeout, then stops being fed; it never pins
+    /// this handler past the command's deadline.
+    async fn run(
+        &self,
+        socket: &SocketRef,
+        conn: &Conn,
+        call_id: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<RunOutcome, ApiError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
+        let forward = {
+            let (socket, call_id) = (socket.clone(), call_id.to_string());
+            tokio::spawn(async move {
+                let mut open = true;
+                while let Some(chunk) = rx.recv().await {
+                    if !open {
+                        continue;
+                    }
+                    let payload = OutputPayload {
+                        call_id: &call_id,
+                        stream: match chunk.stream {
+                            OutputStream::Stdout => "stdout",
+                            OutputStream::Stderr => "stderr",
+                        },
+                        data: String::from_utf8_lossy(&chunk.data).into_owned(),
+                    };
+                    // The client is gone or stuck: keep draining so the command is not blocked.
+                    open = emit_with_backpressure(&socket, "tool:output", &payload, deadline).await;
+                }
+            })
+        };
+        let result = self
+            .sessions
+            .run_command(
+                &conn.container_id,
+                command,
+                timeout,
+                self.limits.exec_output_limit_bytes,
+                Some(&tx),
+            )
+            .await;
+        drop(tx);
+        let _ = forward.await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                self.metrics.exec_done("error", started.elapsed());
+                return Err((&e).into());
+            }
+        };
+        let status = if out.timed_out { "timeout" } else { "ok" };
+        self.metrics.exec_done(status, started.elapsed());
+        Ok(RunOutcome {
+            status,
+            // Killed by a signal (the OOM killer, say): 128 + the signal, as a shell reports it.
+            exit_code: if out.timed_out {
+                None
+            } else {
+                out.exit_code.or(out.signal.map(|sig| 128 + sig))
+            },
+            stdout: out.stdout,
+            stderr: out.stderr,
+            truncated: out.truncated,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn permit(&self, conn: &Conn) -> Result<OwnedSemaphorePermit, ApiError> {
+        conn.inflight.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "at most {} commands may run at once in a session",
+                    self.limits.max_inflight_per_session
+                ),
+            )
+        })
+    }
+}
+
+impl SessionHooks for SocketApi {
+    fn ended(&self, session: &Session, reason: EndReason) {
+        let socket = self.bound().remove(&session.id);
+        if let Some(socket) = socket
+            && reason != EndReason::Ended
+        {
+            let _ = socket.emit(
+                "session:expired",
+                &json!({"sessionId": session.id, "reason": reason.as_str()}),
+            );
+            let _ = socket.disconnect();
+        }
+    }
+}
+
+/// Emits, waiting while the socket's send buffer is full (a slow client slows the command
+/// down instead of growing memory). `false` when the socket is closed or still full at
+/// `deadline`. socketioxide offers no signal for "the buffer has room", so this retries on a
+/// short timer.
+async fn emit_with_backpressure<T: Serialize + ?Sized>(
+    socket: &SocketRef,
+    event: &str,
+    data: &T,
+    deadline: tokio::time::Instant,
+) -> bool {
+    loop {
+        match socket.emit(event, data) {
+            Ok(()) => return true,
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(_) => return false,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Opening a session (a sandbox from the pool, a record in the store, a subject's slot when
+//! the token has a subject) and resuming one (here, or moved from another replica).
+//! Cancel-safe: guards give back whatever an open dropped half-way held.
+
+use std::sync::Arc;
+
+use super::handover::Asked;
+use super::manager::{Local, Opened, SessionManager};
+use super::model::{Session, SessionState, new_resume_token, now_ms, token_matches};
+use super::store::SessionStore;
+use super::{EndReason, SessionError};
+use crate::pool::{ContainerPool, Place};
+
+/// A subject's slot held for a session being opened: freed when dropped unless kept (the
+/// session was recorded; deleting it frees the slot then).
+struct SubjectSlot {
+    store: Arc<dyn SessionStore>,
+    subject: String,
+    session_id: Option<String>,
+}
+
+impl SubjectSlot {
+    fn keep(mut self) {
+        self.session_id = None;
+    }
+}
+
+impl Drop for SubjectSlot {
+    fn drop(&mut self) {
+        if let Some(id) = self.session_id.take() {
+            let (store, subject) = (self.store.clone(), std::mem::take(&mut self.subject));
+            // Not awaited here (a drop); if this fails, the reservation expires by itself.
+            tokio::spawn(async move {
+                if let Err(error) = store.unreserve_subject(&subject, &id).await {
+                    tracing::debug!(%error, "freeing a subject's slot failed; it expires");
+                }
+            });
+        }
+    }
+}
+
+/// A sandbox acquired for a session that is not recorded yet: released when dropped unless
+/// the session took it. When the record may have been written (the write was under way), it
+/// is deleted first, so that no record ever points at a sandbox another session holds.
+struct HeldLease {
+    pool: ContainerPool,
+    store: Arc<dyn SessionStore>,
+    container_id: Option<String>,
+    session_id: Option<String>,
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        let Some(container_id) = self.container_id.take() else {
+            return;
+        };
+        match self.session_id.take() {
+            None => {
+                let _ = self.pool.release(&container_id);
+            }
+            Some(session_id) => {
+                let (pool, store) = (self.pool.clone(), self.store.clone());
+                tokio::spawn(async move {
+                    match store.delete(&session_id).await {
+                        Ok(_) => {
+                            let _ = pool.release(&container_id);
+                        }
+                        // The record stays and keeps the sandbox: the janitor ends it (and
+                        // releases the sandbox) once it expires.
+                        Err(error) => {
+                            tracing::warn!(%session_id, %error, "deleting an abandoned session record failed")
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl SessionManager {
+    /// Opens a new session with a sandbox from the pool.
+    pub async fn open(&self) -> Result<Opened, SessionError> {
+        self.open_queued(&mut |_| {}).await
+    }
+
+    /// `open_queued` for a token `subject` (`None`: anonymous): refused with
+    /// `TooManySessions`, before any sandbox is taken, when the subject holds its maximum of
+    /// live sessions over every replica.
+    pub async fn open_as(
+        &self,
+        on_place: &mut (dyn FnMut(Place) + Send),
+        subject: Option<&str>,
+    ) -> Result<Opened, SessionError> {
+        let limit = self.inner.settings.max_sessions_per_subject;
+        let (Some(subject), true) = (subject, limit > 0) else {
+            let mut opened = self.open_queued(on_place).await?;
+            if let Some(subject) = subject {
+                opened.session.subject = subject.to_string();
+                self.record_subject(&opened.session).await?;
+            }
+            return Ok(opened);
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        if !self
+            .inner
+            .store
+            .reserve_subject(subject, &id, limit)
+            .await?
+        {
+            return Err(SessionError::TooManySessions {
+                subject: subject.to_string(),
+                limit,
+            });
+        }
+        let slot = SubjectSlot {
+            store: self.inner.store.clone(),
+            subject: subject.to_string(),
+            session_id: Some(id.clone()),
+        };
+        let opened = self.open_inner(on_place, Some((id, subject))).await;
+        if opened.is_ok() {
+            slot.keep();
+        }
+        opened
+    }
+
+    /// Writes a session's subject (opened anonymously by `open_queued`, no limit to keep).
+    async fn record_subject(&self, s: &Session) -> Result<(), SessionError> {
+        if let Some(l) = self.local().get_mut(&s.id) {
+            l.session.subject = s.subject.clone();
+        }
+        self.inner.store.put(s).await?;
+        Ok(())
+    }
+
+    /// `open`, telling `on_place` the caller's place whenever it changes while it waits in
+    /// the pool's queue. Cancel-safe: dropped at any point, it leaks neither the sandbox nor
+    /// a session record.
+    pub async fn open_queued(
+        &self,
+        on_place: &mut (dyn FnMut(Place) + Send),
+    ) -> Result<Opened, SessionError> {
+        self.open_inner(on_place, None).await
+    }
+
+    /// The open itself; `named` gives the session's id and subject (already reserved).
+    async fn open_inner(
+        &self,
+        on_place: &mut (dyn FnMut(Place) + Send),
+        named: Option<(String, &str)>,
+    ) -> Result<Opened, SessionError> {
+        let lease = self.inner.pool.acquire_queued(on_place).await?;
+        // Until the session is recorded, the sandbox goes back if this future is dropped or
+        // fails.
+        let mut held = HeldLease {
+            pool: self.inner.pool.clone(),
+            store: self.inner.store.clone(),
+            container_id: Some(lease.container_id.clone()),
+            session_id: None,
+        };
+        let (token, hash) = new_resume_token().map_err(|e| SessionError::Random(e.to_string()))?;
+        let mut session = Session::new(&self.inner.instance, &lease.container_id, hash, now_ms());
+        if let Some((id, subject)) = named {
+            session.id = id;
+            session.subject = subject.to_string();
+        }
+        // From here a record may exist: it goes before the sandbox does.
+        held.session_id = Some(session.id.clone());
+        if let Err(e) = self.inner.store.put(&session).await {
+            // The store refused the record: no session, and the sandbox goes back at once
+            // (a put that might have landed is only the cancelled case above).
+            held.session_id = None;
+            return Err(e.into());
+        }
+        self.local().insert(
+            session.id.clone(),
+            Local {
+                session: session.clone(),
+                last_touch_ms: session.last_active_ms,
+            },
+        );
+        held.container_id = None;
+        Ok(Opened {
+            session,
+            resume_token: token,
+            lease,
+        })
+    }
+
+    /// Resumes a session with its token: same sandbox. A session held by an instance that
+    /// stopped heartbeating is taken over (its container adopted, not recreated).
+    pub async fn resume(&self, id: &str, token: &str) -> Result<Session, SessionError> {
+        self.resume_as(id, token, None).await
+    }
+
+    /// `resume` for a token `subject`: a session opened with a subject resumes only with
+    /// that subject.
+    pub async fn resume_as(
+        &self,
+        id: &str,
+        token: &str,
+        subject: Option<&str>,
+    ) -> Result<Session, SessionError> {
+        let store = &self.inner.store;
+        let mut s = store
+            .get(id)
+            .await?
+            .ok_or_else(|| SessionError::Expired(id.to_string()))?;
+        if !token_matches(token, &s.token_hash) {
+            return Err(SessionError::BadToken(id.to_string()));
+        }
+        if !s.subject.is_empty() && subject != Some(s.subject.as_str()) {
+            return Err(SessionError::Unauthorized(id.to_string()));
+        }
+        if s.state == SessionState::Ending {
+            return Err(SessionError::Expired(id.to_string()));
+        }
+        let me = &self.inner.instance;
+        if &s.owner != me {
+            // Live owner: an orderly hand-over; dead owner (heartbeat lapsed, or Docker says
+            // its container is down): a takeover (handover.rs).
+            let released = if store.is_alive(&s.owner).await? {
+                match self.ask_release(&s).await? {
+                    Asked::Released => true,
+                    Asked::Refused => return Err(SessionError::Expired(id.to_string())),
+                    Asked::Silent
+                        if self.inner.pool.instance_down(&s.owner).await == Some(true) =>
+                    {
+                        false
+                    }
+                    Asked::Silent => {
+                        return Err(SessionError::Elsewhere {
+                            id: id.to_string(),
+                            owner: s.owner.clone(),
+                        });
+                    }
+                }
+            } else {
+                false
+            };
+            if !released && !store.transfer(id, &s.owner, me).await? {
+                return Err(SessionError::Expired(id.to_string()));
+            }
+            if let Err(e) = self.inner.pool.adopt_leased(&s.container_id).await {
+                tracing::warn!(session_id = %id, error = %e, "taking over a session whose sandbox is gone");
+                if let Ok(Some(claimed)) = store.claim(id, me, now_ms()).await {
+                    self.finish(claimed, EndReason::SandboxLost).await;
+                }
+                return Err(SessionError::Expired(id.to_string()));
+            }
+            if released {
+                tracing::info!(session_id = %id, from = %s.owner, "a live replica handed its session over");
+            } else {
+                tracing::info!(session_id = %id, from = %s.owner, "took over a session from a stopped instance");
+            }
+            s.owner = me.clone();
+        }
+        let now = now_ms();
+        if !store.reattach(id, now).await? {
+            return Err(SessionError::Expired(id.to_string()));
+        }
+        s.state = SessionState::Active;
+        s.detached_at_ms = 0;
+        s.last_active_ms = s.last_active_ms.max(now);
+        self.local().insert(
+            id.to_string(),
+            Local {
+                session: s.clone(),
+                last_touch_ms: now,
+            },
+        );
+        Ok(s)
+    }
+}

@@ -1,0 +1,177 @@
+//! The manager's background work: the expiry janitor, the heartbeat, the catch-up after
+//! store data loss, and ending sessions whose sandbox died.
+
+use futures_util::future::join_all;
+
+use super::EndReason;
+use super::manager::{JanitorReport, SessionManager, SessionSettings};
+use super::model::{Session, SessionState, now_ms};
+use super::store::{Cutoffs, StoreError, Sweep};
+
+impl SessionManager {
+    /// One janitor pass: ends every session past its idle TTL or its reconnect grace, and
+    /// finishes ends that a dead claimer left half-done. Bounded batches; each session is
+    /// claimed atomically, so two janitors never end the same one.
+    pub async fn janitor_pass(&self) -> Result<JanitorReport, StoreError> {
+        let now = now_ms();
+        let st = &self.inner.settings;
+        let cutoffs = Cutoffs {
+            idle_before_ms: now - st.idle_ttl.as_millis() as i64,
+            detached_before_ms: now - st.reconnect_grace.as_millis() as i64,
+            claimed_before_ms: now - super::STALE_CLAIM_MS,
+        };
+        let mut report = JanitorReport::default();
+        for sweep in [Sweep::Idle, Sweep::Detached, Sweep::StaleClaim] {
+            let mut offset = 0;
+            loop {
+                let ids = self
+                    .inner
+                    .store
+                    .candidates(sweep, &cutoffs, offset, st.janitor_batch)
+                    .await?;
+                if ids.is_empty() {
+                    break;
+                }
+                report.examined += ids.len();
+                let claimed = self
+                    .inner
+                    .store
+                    .claim_expired(&ids, &cutoffs, &self.inner.instance, now)
+                    .await?;
+                offset += ids.len() - claimed.len();
+                report.ended += claimed.len();
+                join_all(claimed.into_iter().map(|s| {
+                    let reason = match sweep {
+                        Sweep::StaleClaim => EndReason::Abandoned,
+                        _ if s.detached_at_ms > 0
+                            && s.detached_at_ms <= cutoffs.detached_before_ms =>
+                        {
+                            EndReason::Disconnected
+                        }
+                        _ => EndReason::Idle,
+                    };
+                    self.finish(s, reason)
+                }))
+                .await;
+                if ids.len() < st.janitor_batch {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(report)
+    }
+
+    pub(super) async fn janitor_loop(&self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.inner.settings.janitor_interval) => {}
+            }
+            match self.janitor_pass().await {
+                Ok(report) if report.ended > 0 => {
+                    tracing::info!(
+                        ended = report.ended,
+                        examined = report.examined,
+                        "janitor pass"
+                    )
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "janitor pass failed; next pass retries"),
+            }
+            self.catch_up().await;
+            self.sweep_dead_instances().await;
+        }
+    }
+
+    pub(super) fn settings(&self) -> &SessionSettings {
+        &self.inner.settings
+    }
+
+    /// Writes again any session of this instance that the store lost (a Redis restart
+    /// without persistence), and forgets sessions another instance took over.
+    pub async fn catch_up(&self) {
+        let mine: Vec<Session> = self.local().values().map(|l| l.session.clone()).collect();
+        for s in mine {
+            match self.inner.store.get(&s.id).await {
+                Ok(None) => {
+                    if let Err(error) = self.inner.store.put(&s).await {
+                        tracing::debug!(session_id = %s.id, %error, "catch-up write failed");
+                    } else {
+                        tracing::info!(session_id = %s.id, "session written again after the store lost it");
+                    }
+                }
+                Ok(Some(stored)) if stored.owner != self.inner.instance => {
+                    // Taken over while this instance's heartbeat lapsed: the sandbox is the
+                    // new owner's now. Give up the lease (no scrub, no removal), or its place
+                    // in the pool would stay taken for good.
+                    self.local().remove(&s.id);
+                    self.inner.pool.hand_over(&s.container_id);
+                }
+                Ok(Some(stored))
+                    if stored.state == SessionState::Active
+                        && s.state == SessionState::Detached =>
+                {
+                    let _ = self.inner.store.detach(&s.id, s.detached_at_ms).await;
+                }
+                Ok(Some(_)) => {}
+                Err(_) => return, // the store is down; try next time
+            }
+        }
+    }
+
+    pub(super) async fn beat(&self) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .heartbeat(&self.inner.instance, self.inner.settings.heartbeat_ttl)
+            .await
+    }
+
+    pub(super) async fn heartbeat_loop(&self) {
+        let every = self.inner.settings.heartbeat_ttl / 3;
+        loop {
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(error) = self.beat().await {
+                tracing::warn!(%error, "heartbeat failed");
+            }
+        }
+    }
+
+    /// Ends sessions whose sandbox died. A receiver that lagged behind has missed events, so
+    /// it asks the pool about every local session's sandbox instead of skipping them.
+    pub(super) async fn watch_pool(&self) {
+        // The pool publishes which leases are lost as a state that changes, not as events:
+        // however long this loop is busy ending sessions, it cannot miss a death.
+        let mut lost = self.inner.pool.watch_lost();
+        loop {
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                changed = lost.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            for container_id in self.inner.pool.lost_leases() {
+                self.end_lost(&container_id).await;
+            }
+        }
+    }
+
+    /// Ends the local session whose sandbox is `container_id`, which died.
+    pub(super) async fn end_lost(&self, container_id: &str) {
+        let id = self
+            .local()
+            .iter()
+            .find(|(_, l)| l.session.container_id == container_id)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = id
+            && let Err(error) = self.end(&id, EndReason::SandboxLost).await
+        {
+            tracing::warn!(session_id = %id, %error, "ending a session whose sandbox died failed");
+        }
+    }
+}
