@@ -62,7 +62,9 @@ pub struct Config {
     #[arg(long, env = "SANDPOOL_INSTANCE_ID", default_value_t = default_instance_id(), value_parser = parse_instance_id)]
     pub instance_id: String,
 
-    /// Docker endpoint: `unix:///path/to/docker.sock`. Default `unix:///var/run/docker.sock`.
+    /// Docker endpoint: `unix:///path/to/docker.sock`, or `tcp://host:2376` (TLS with
+    /// `SANDPOOL_DOCKER_TLS_DIR`; plain HTTP without it, for a private network only). Each
+    /// replica may drive its own engine. Default `unix:///var/run/docker.sock`.
     #[arg(
         long,
         env = "SANDPOOL_DOCKER_HOST",
@@ -97,6 +99,11 @@ pub struct Config {
 /// Settings of the Docker gate (`src/docker/gate.rs`).
 #[derive(Debug, Clone, Args)]
 pub struct GateConfig {
+    /// Directory with the client key, certificate and CA (`key.pem`, `cert.pem`, `ca.pem`,
+    /// as in `DOCKER_CERT_PATH`) for a `tcp://` Docker endpoint over TLS. Default unset.
+    #[arg(long = "docker-tls-dir", env = "SANDPOOL_DOCKER_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+
     /// Docker calls in flight at once. Default 20.
     #[arg(long = "docker-max-concurrent", env = "SANDPOOL_DOCKER_MAX_CONCURRENT", default_value = "20", value_parser = parse_positive("SANDPOOL_DOCKER_MAX_CONCURRENT"))]
     pub max_concurrent: usize,

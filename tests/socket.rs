@@ -269,6 +269,9 @@ async fn two_hundred_sessions_connect_at_once() {
             ("SANDPOOL_POOL_CREATE_PARALLELISM", "8"),
             ("SANDPOOL_SANDBOX_MEMORY_BYTES", "67108864"),
             ("SANDPOOL_SHUTDOWN_TIMEOUT_SECS", "120"),
+            // The clients close when the scenario ends: their sessions stay detached, all 200
+            // (the cap on detached sessions is tested on its own).
+            ("SANDPOOL_SESSION_MAX_DETACHED", "200"),
         ],
     )
     .await;

@@ -78,12 +78,15 @@ impl DockerGate {
     /// An endpoint that does not answer is not an error here: the calls will fail through the
     /// breaker, which is how the service reports it.
     pub async fn connect(host: &str, config: &GateConfig) -> Result<Arc<Self>, DockerError> {
-        let path = host.strip_prefix("unix://").unwrap_or(host);
         // bollard's own timeout covers only the response headers; ours covers whole calls.
         // Keep bollard's a little longer so that ours is the one that fires.
         let bollard_timeout = config.call_timeout.as_secs() + 5;
-        let docker = Docker::connect_with_unix(path, bollard_timeout, bollard::API_DEFAULT_VERSION)
-            .map_err(|e| DockerError::from_bollard("connect", e))?;
+        let docker = open_engine(
+            host,
+            config.tls_dir.as_deref(),
+            bollard_timeout,
+            bollard::API_DEFAULT_VERSION,
+        )?;
         let docker = match timeout(Duration::from_secs(5), docker.clone().negotiate_version()).await
         {
             Ok(Ok(d)) => d,
@@ -94,15 +97,15 @@ impl DockerGate {
                 };
                 // 1.41 (Docker 20.10) has every call sandpool makes.
                 tracing::warn!(%error, "docker version negotiation failed, using API 1.41");
-                Docker::connect_with_unix(
-                    path,
+                open_engine(
+                    host,
+                    config.tls_dir.as_deref(),
                     bollard_timeout,
                     &bollard::ClientVersion {
                         major_version: 1,
                         minor_version: 41,
                     },
-                )
-                .map_err(|e| DockerError::from_bollard("connect", e))?
+                )?
             }
         };
         Ok(Arc::new(Self {
@@ -247,6 +250,37 @@ impl DockerGate {
             })
             .await
     }
+}
+
+/// A client for the engine at `host`: `unix:///path/to/docker.sock` (or a bare path), or
+/// `tcp://host:port` (TLS with the client key, certificate and CA in `tls_dir`, as
+/// `key.pem`, `cert.pem`, `ca.pem` like `DOCKER_CERT_PATH`; plain HTTP without it, for an
+/// engine on a private network only).
+fn open_engine(
+    host: &str,
+    tls_dir: Option<&std::path::Path>,
+    timeout_secs: u64,
+    version: &bollard::ClientVersion,
+) -> Result<Docker, DockerError> {
+    let connected = if host.starts_with("tcp://") || host.starts_with("https://") {
+        match tls_dir {
+            Some(dir) => Docker::connect_with_ssl(
+                host,
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                timeout_secs,
+                version,
+            ),
+            None => Docker::connect_with_http(host, timeout_secs, version),
+        }
+    } else if host.starts_with("http://") {
+        Docker::connect_with_http(host, timeout_secs, version)
+    } else {
+        let path = host.strip_prefix("unix://").unwrap_or(host);
+        Docker::connect_with_unix(path, timeout_secs, version)
+    };
+    connected.map_err(|e| DockerError::from_bollard("connect", e))
 }
 
 struct DecrementOnDrop<'a>(&'a AtomicUsize);
