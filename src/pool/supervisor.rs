@@ -126,11 +126,24 @@ struct Shared {
 }
 
 impl Shared {
+    /// The link dies: requests fail, the container is reported dead (once).
     fn kill(&self, why: &str) {
+        if self.end(why) {
+            (self.on_dead)(&self.container_id, why);
+        }
+    }
+
+    /// Ends the link without counting it as the container's death: no `on_dead`.
+    fn close(&self, why: &str) {
+        self.end(why);
+    }
+
+    /// Marks the link lost and ends every waiting request; `false` when it already was.
+    fn end(&self, why: &str) -> bool {
         {
             let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
             if lost.is_some() {
-                return;
+                return false;
             }
             *lost = Some(why.to_string());
         }
@@ -140,23 +153,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        (self.on_dead)(&self.container_id, why);
-    }
-
-    /// Ends the link without counting it as the container's death: no `on_dead`.
-    fn close(&self, why: &str) {
-        {
-            let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
-            if lost.is_some() {
-                return;
-            }
-            *lost = Some(why.to_string());
-        }
-        self.dead.cancel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        true
     }
 
     fn lost_error(&self) -> SupervisorError {
