@@ -95,7 +95,9 @@ async fn connect_exec_chat_approve_reject_errors_and_end() {
     scenario("basics", &[]).await;
 }
 
-/// Issue 10, defect 8: a lone surrogate in an event name used to close the connection.
+/// Issue 10, defect 8: a lone UTF-16 surrogate in an event name (text or binary event) used to
+/// close the connection; the scenario checks the raw packet the official client sends, the
+/// typed error, a command with a lone surrogate, and that the same socket still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_surrogates_and_escaped_event_names_get_typed_errors_and_keep_the_socket() {
     scenario("odd_events", &[]).await;

@@ -172,8 +172,24 @@ const scenarios = {
   // surrogates) and event names with escapes: typed errors, never a closed socket.
   async odd_events() {
     const s = await session();
+    // A closed socket fails the wait at once, saying so, instead of timing out.
+    s.on("disconnect", (reason) => { s.dropped = reason; });
+    const error = (name, what) => until(() => {
+      assert.equal(s.dropped, undefined, `the server closed the socket after ${what}`);
+      return s.errors.some((e) => e.code === "bad_request" && e.message.includes(name));
+    }, `bad_request for ${what}`);
+    // The packet of the issue, exactly: JSON.stringify writes the lone surrogate as an escape.
+    const sent = [];
+    s.io.engine.on("packetCreate", (p) => sent.push(p.data));
     s.emit("x\ud800", {});
-    await until(() => s.errors.some((e) => e.code === "bad_request" && e.message.includes("x\ufffd")), "bad_request for a lone high surrogate");
+    assert.equal(sent.at(-1), '2["x\\ud800",{}]');
+    await error("x\ufffd", "a lone high surrogate");
+    // The same in a binary event (an attachment makes it a `5` packet), with and without ack.
+    s.emit("bin\ud800", new Uint8Array([1, 2, 3]));
+    assert.ok(sent.includes('51-["bin\\ud800",{"_placeholder":true,"num":0}]'), JSON.stringify(sent));
+    await error("bin\ufffd", "a binary event");
+    const bin = await ack(s, "bin\udfff", new Uint8Array([4]));
+    assert.equal(bin.error.code, "bad_request");
     const low = await ack(s, "\udc00y", { a: "\ud800" });
     assert.equal(low.ok, false);
     assert.equal(low.error.code, "bad_request");

@@ -47,13 +47,9 @@ impl Parse for CommonParser {
         }
 
         let (mut packet, incoming_binary_cnt) = de::deserialize_packet(value)?;
-        // sandpool patch: an event the strict parse cannot read (a lone surrogate, an escaped
-        // event name) is repaired rather than closing the connection (see `lenient`).
-        if let PacketData::Event(Value::Str(data, _), _) = &mut packet.inner
-            && let Some(repaired) = lenient::repair_event(data)
-        {
-            *data = Str::from(repaired);
-        }
+        // sandpool patch: lone UTF-16 surrogates and escaped event names are repaired rather
+        // than closing the connection (see `lenient`).
+        lenient::repair(&mut packet.inner);
         if packet.inner.is_binary() {
             let incoming_binary_cnt = incoming_binary_cnt.ok_or(ParseError::InvalidAttachments)?;
             if incoming_binary_cnt > config.max_incoming_binaries {

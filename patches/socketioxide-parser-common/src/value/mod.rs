@@ -7,7 +7,7 @@ use socketioxide_core::{
     parser::{FirstElement, is_de_tuple, is_ser_tuple},
 };
 
-pub(crate) mod de;
+mod de;
 mod ser;
 
 /// Deserialize any deserializable data from a generic [`SocketIoValue`] data with this form:
