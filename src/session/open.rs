@@ -145,7 +145,15 @@ impl SessionManager {
         on_place: &mut (dyn FnMut(Place) + Send),
         named: Option<(String, &str)>,
     ) -> Result<Opened, SessionError> {
-        let lease = self.inner.pool.acquire_queued(on_place).await?;
+        // Queued (every sandbox taken): a dropped connection's sandbox goes to this live one.
+        let mut queued = false;
+        let mut on_place = |place: Place| {
+            if !std::mem::replace(&mut queued, true) {
+                self.yield_a_detached_sandbox();
+            }
+            on_place(place);
+        };
+        let lease = self.inner.pool.acquire_queued(&mut on_place).await?;
         // Until the session is recorded, the sandbox goes back if this future is dropped or
         // fails.
         let mut held = HeldLease {
