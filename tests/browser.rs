@@ -57,14 +57,10 @@ async fn type_and_send(client: &fantoccini::Client, input: &str, button: &str, t
     send.click().await.expect("click");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_page_sends_approves_and_streams_output_in_chromium() {
-    let instance = unique_instance("browser");
-    let _cleanup = Cleanup::new(&instance);
-    let service = spawn_service(&instance, &[("SANDPOOL_POOL_MIN_IDLE", "1")]).await;
-
+/// chromedriver and a headless Chromium session on it; the driver is stopped when dropped.
+async fn browser() -> (fantoccini::Client, Driver) {
     let port = free_port();
-    let _driver = Driver(
+    let driver = Driver(
         Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -98,8 +94,11 @@ async fn chat_page_sends_approves_and_streams_output_in_chromium() {
     })
     .await;
 
-    let url = format!("http://{}/", service.addr);
-    client.goto(&url).await.expect("page loads");
+    (client, driver)
+}
+
+/// Waits until the page shows a session (its sandbox pill is filled in).
+async fn wait_session(client: &fantoccini::Client) {
     within(30, "session shown", async {
         loop {
             let t = client
@@ -116,6 +115,18 @@ async fn chat_page_sends_approves_and_streams_output_in_chromium() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_page_sends_approves_and_streams_output_in_chromium() {
+    let instance = unique_instance("browser");
+    let _cleanup = Cleanup::new(&instance);
+    let service = spawn_service(&instance, &[("SANDPOOL_POOL_MIN_IDLE", "1")]).await;
+
+    let (client, _driver) = browser().await;
+    let url = format!("http://{}/", service.addr);
+    client.goto(&url).await.expect("page loads");
+    wait_session(&client).await;
     wait_text(&client, "#conn", "connected").await;
 
     // Chat: the agent proposes; the user approves; the output streams into the terminal.
@@ -183,6 +194,73 @@ async fn chat_page_sends_approves_and_streams_output_in_chromium() {
     std::fs::write(&path, &png).unwrap();
     eprintln!("screenshot: {}", path.display());
     assert!(png.len() > 10_000, "a real picture");
+
+    client.close().await.unwrap();
+    assert!(sigterm_and_wait(service).success());
+    assert!(labeled_containers(&instance).is_empty());
+}
+
+/// With authentication on, the page without a token says `unauthorized`; opened once as
+/// `/?token=<jwt>` it connects, drops the token from the address, and keeps it for the tab:
+/// a reload (plain `/`) resumes the same session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_page_passes_a_token_from_its_address_and_keeps_it_for_the_tab() {
+    const SECRET: &str = "the-test-secret-of-at-least-32-bytes";
+    let instance = unique_instance("browser-auth");
+    let _cleanup = Cleanup::new(&instance);
+    let service = spawn_service(
+        &instance,
+        &[
+            ("SANDPOOL_POOL_MIN_IDLE", "1"),
+            ("SANDPOOL_AUTH_HS256_SECRET", SECRET),
+        ],
+    )
+    .await;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "alice", "exp": sandpool::session::now_ms() / 1000 + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (client, _driver) = browser().await;
+    let url = format!("http://{}/", service.addr);
+
+    client.goto(&url).await.expect("page loads");
+    let chat = wait_text(&client, "#chat", "unauthorized").await;
+    assert!(
+        chat.contains("/?token="),
+        "the page says how to pass one: {chat}"
+    );
+    wait_text(&client, "#conn", "disconnected").await;
+
+    client
+        .goto(&format!("{url}?token={token}"))
+        .await
+        .expect("page loads");
+    wait_session(&client).await;
+    let address = client.current_url().await.unwrap();
+    assert_eq!(address.query(), None, "the token left the address bar");
+    let first = client
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .attr("data-session")
+        .await
+        .unwrap()
+        .expect("a session id");
+    type_and_send(
+        &client,
+        "#exec-input",
+        "#exec-form button",
+        "echo with-token",
+    )
+    .await;
+    wait_text(&client, "#terminal", "with-token\n").await;
+
+    // A reload of the plain address: the kept token goes with the resume fields.
+    client.refresh().await.unwrap();
+    let pill = wait_text(&client, "#session", "(resumed)").await;
+    assert!(pill.contains(&first[..8]), "{pill} is {first}");
 
     client.close().await.unwrap();
     assert!(sigterm_and_wait(service).success());

@@ -38,7 +38,8 @@ pub struct SessionSettings {
     pub max_sessions_per_subject: usize,
     /// Sessions this instance keeps detached (waiting for a resume) at most; past it the
     /// longest-detached is ended at once, so that a flood of connect-and-drop clients cannot
-    /// hold more sandboxes than this.
+    /// hold more sandboxes than this. (Below it, a detached session still yields its sandbox
+    /// to a new session queued at the pool's maximum.)
     pub max_detached: usize,
 }
 
@@ -353,28 +354,56 @@ impl SessionManager {
             tracing::warn!(session_id = %id, %error, "marking a session detached failed; the catch-up loop will retry");
         }
         // Bound what dropped connections hold: past the cap, the longest-detached go now.
-        let excess: Vec<String> = {
-            let local = self.local();
-            let mut detached: Vec<(i64, &String)> = local
-                .iter()
-                .filter(|(_, l)| l.session.state == SessionState::Detached)
-                .map(|(id, l)| (l.session.detached_at_ms, id))
-                .collect();
-            let over = detached
-                .len()
-                .saturating_sub(self.inner.settings.max_detached);
-            detached.sort();
-            detached
-                .into_iter()
-                .take(over)
-                .map(|(_, id)| id.clone())
-                .collect()
-        };
-        for id in excess {
-            tracing::info!(session_id = %id, "too many detached sessions; ending the longest-detached");
-            if let Err(error) = self.end(&id, EndReason::Disconnected).await {
-                tracing::warn!(session_id = %id, %error, "ending a detached session failed");
+        let cap = self.inner.settings.max_detached;
+        for id in self.pick_longest_detached(|detached| detached.saturating_sub(cap)) {
+            self.end_detached(&id, "too many detached sessions").await;
+        }
+    }
+
+    /// A new session waits in the pool's queue with the pool at its maximum: the sandbox of
+    /// this instance's longest-detached session (if any) goes to it, so that dropped
+    /// connections never keep a live client waiting; the sandbox is scrubbed and goes to the
+    /// head of the queue. All the work is in a tracked task: this is called from the queue's
+    /// place callback, which runs while the pool's place watch is borrowed.
+    pub(super) fn yield_a_detached_sandbox(&self) {
+        let m = self.clone();
+        self.inner.tasks.spawn(async move {
+            let status = m.inner.pool.status();
+            if status.total < status.max {
+                return; // the refill creates one for the queue
             }
+            for id in m.pick_longest_detached(|detached| detached.min(1)) {
+                m.end_detached(&id, "a live client waits for its sandbox")
+                    .await;
+            }
+        });
+    }
+
+    /// The ids of the `how_many(detached count)` longest-detached local sessions, marked
+    /// `ending` here at once so that no other caller picks them too.
+    fn pick_longest_detached(&self, how_many: impl FnOnce(usize) -> usize) -> Vec<String> {
+        let mut local = self.local();
+        let mut detached: Vec<(i64, String)> = local
+            .iter()
+            .filter(|(_, l)| l.session.state == SessionState::Detached)
+            .map(|(id, l)| (l.session.detached_at_ms, id.clone()))
+            .collect();
+        let n = how_many(detached.len());
+        detached.sort();
+        detached.truncate(n);
+        for (_, id) in &detached {
+            if let Some(l) = local.get_mut(id) {
+                l.session.state = SessionState::Ending;
+            }
+        }
+        detached.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Ends a detached session before its grace is over (`why`: for the log).
+    async fn end_detached(&self, id: &str, why: &'static str) {
+        tracing::info!(session_id = %id, why, "ending a detached session early");
+        if let Err(error) = self.end(id, EndReason::Disconnected).await {
+            tracing::warn!(session_id = %id, %error, "ending a detached session failed");
         }
     }
 

@@ -24,7 +24,7 @@ struct Mem {
     handed: HashMap<String, HashSet<String>>,
     /// Every instance that ever heartbeated.
     known: HashSet<String>,
-    /// Live sessions and reservations per token subject; a reservation expires.
+    /// Live sessions (no expiry) and reservations (an expiry) per token subject.
     subjects: HashMap<String, HashMap<String, Option<Instant>>>,
 }
 
@@ -113,7 +113,15 @@ impl SessionStore for MemoryStore {
     }
 
     async fn put(&self, session: &Session) -> Result<(), StoreError> {
-        self.lock().replace(session.clone());
+        let mut mem = self.lock();
+        if !session.subject.is_empty() {
+            // A recorded session holds its subject's slot until it is deleted.
+            mem.subjects
+                .entry(session.subject.clone())
+                .or_default()
+                .insert(session.id.clone(), None);
+        }
+        mem.replace(session.clone());
         Ok(())
     }
 
@@ -248,6 +256,7 @@ impl SessionStore for MemoryStore {
         subject: &str,
         session_id: &str,
         limit: usize,
+        ttl: Duration,
     ) -> Result<bool, StoreError> {
         let mut mem = self.lock();
         let now = Instant::now();
@@ -258,10 +267,7 @@ impl SessionStore for MemoryStore {
         if set.len() >= limit {
             return Ok(false);
         }
-        set.insert(
-            session_id.to_string(),
-            Some(now + std::time::Duration::from_secs(120)),
-        );
+        set.insert(session_id.to_string(), Some(now + ttl));
         Ok(true)
     }
 

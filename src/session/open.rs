@@ -11,6 +11,10 @@ use super::store::SessionStore;
 use super::{EndReason, SessionError};
 use crate::pool::{ContainerPool, Place};
 
+/// A subject's slot is reserved for the acquire timeout plus this (a create, the record's
+/// write), after which an opener that crashed no longer holds it.
+const RESERVATION_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A subject's slot held for a session being opened: freed when dropped unless kept (the
 /// session was recorded; deleting it frees the slot then).
 struct SubjectSlot {
@@ -85,52 +89,44 @@ impl SessionManager {
 
     /// `open_queued` for a token `subject` (`None`: anonymous): refused with
     /// `TooManySessions`, before any sandbox is taken, when the subject holds its maximum of
-    /// live sessions over every replica.
+    /// live sessions over every replica. The subject is written with the record.
     pub async fn open_as(
         &self,
         on_place: &mut (dyn FnMut(Place) + Send),
         subject: Option<&str>,
     ) -> Result<Opened, SessionError> {
-        let limit = self.inner.settings.max_sessions_per_subject;
-        let (Some(subject), true) = (subject, limit > 0) else {
-            let mut opened = self.open_queued(on_place).await?;
-            if let Some(subject) = subject {
-                opened.session.subject = subject.to_string();
-                self.record_subject(&opened.session).await?;
-            }
-            return Ok(opened);
+        let Some(subject) = subject else {
+            return self.open_inner(on_place, None).await;
         };
         let id = uuid::Uuid::new_v4().to_string();
-        if !self
-            .inner
-            .store
-            .reserve_subject(subject, &id, limit)
-            .await?
-        {
-            return Err(SessionError::TooManySessions {
+        let limit = self.inner.settings.max_sessions_per_subject;
+        let slot = if limit > 0 {
+            // Held for the longest an open can take: the pool's queue, then a create.
+            let ttl = self.acquire_timeout() + RESERVATION_MARGIN;
+            if !self
+                .inner
+                .store
+                .reserve_subject(subject, &id, limit, ttl)
+                .await?
+            {
+                return Err(SessionError::TooManySessions {
+                    subject: subject.to_string(),
+                    limit,
+                });
+            }
+            Some(SubjectSlot {
+                store: self.inner.store.clone(),
                 subject: subject.to_string(),
-                limit,
-            });
-        }
-        let slot = SubjectSlot {
-            store: self.inner.store.clone(),
-            subject: subject.to_string(),
-            session_id: Some(id.clone()),
+                session_id: Some(id.clone()),
+            })
+        } else {
+            None
         };
         let opened = self.open_inner(on_place, Some((id, subject))).await;
-        if opened.is_ok() {
+        if let (Ok(_), Some(slot)) = (&opened, slot) {
             slot.keep();
         }
         opened
-    }
-
-    /// Writes a session's subject (opened anonymously by `open_queued`, no limit to keep).
-    async fn record_subject(&self, s: &Session) -> Result<(), SessionError> {
-        if let Some(l) = self.local().get_mut(&s.id) {
-            l.session.subject = s.subject.clone();
-        }
-        self.inner.store.put(s).await?;
-        Ok(())
     }
 
     /// `open`, telling `on_place` the caller's place whenever it changes while it waits in
@@ -149,7 +145,15 @@ impl SessionManager {
         on_place: &mut (dyn FnMut(Place) + Send),
         named: Option<(String, &str)>,
     ) -> Result<Opened, SessionError> {
-        let lease = self.inner.pool.acquire_queued(on_place).await?;
+        // Queued (every sandbox taken): a dropped connection's sandbox goes to this live one.
+        let mut queued = false;
+        let mut on_place = |place: Place| {
+            if !std::mem::replace(&mut queued, true) {
+                self.yield_a_detached_sandbox();
+            }
+            on_place(place);
+        };
+        let lease = self.inner.pool.acquire_queued(&mut on_place).await?;
         // Until the session is recorded, the sandbox goes back if this future is dropped or
         // fails.
         let mut held = HeldLease {

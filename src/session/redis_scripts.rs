@@ -1,6 +1,9 @@
 //! The Lua scripts of the Redis session store: every write that touches several keys is one
 //! script, so Redis applies it whole or not at all (`redis_store.rs` has the data layout).
 
+/// Writes a session with its index entries: the activity indexes, its owner's set and, when
+/// it has a subject, the subject's set (so that a record written again after the store lost
+/// its data counts towards its subject's limit again).
 pub(super) const PUT: &str = r#"
 local old = redis.call('HGET', KEYS[1], 'owner')
 if old and old ~= ARGV[2] then redis.call('SREM', ARGV[11] .. old, ARGV[1]) end
@@ -12,6 +15,7 @@ redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 if ARGV[7] == 'detached' then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1]) else redis.call('ZREM', KEYS[3], ARGV[1]) end
 if ARGV[7] == 'ending' then redis.call('ZADD', KEYS[4], ARGV[10], ARGV[1]) else redis.call('ZREM', KEYS[4], ARGV[1]) end
 redis.call('SADD', ARGV[11] .. ARGV[2], ARGV[1])
+if ARGV[12] ~= '' then redis.call('SADD', ARGV[13] .. ARGV[12], ARGV[1]) end
 return 1
 "#;
 
@@ -76,9 +80,10 @@ end
 return out
 "#;
 
-/// Holds one of a subject's slots for `ARGV[1]` if fewer than `ARGV[2]` are taken. Members
-/// that are neither a session nor a live reservation (an opener that crashed) are pruned
-/// first, so a crash never keeps a slot for longer than the reservation's life.
+/// Holds one of a subject's slots for `ARGV[1]` if fewer than `ARGV[2]` are taken, for
+/// `ARGV[5]` ms unless the session is written by then. Members that are neither a session nor
+/// a live reservation (an opener that crashed) are pruned first, so a crash never keeps a slot
+/// for longer than the reservation's life.
 pub(super) const RESERVE: &str = r#"
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[3] .. id) == 0 and redis.call('EXISTS', ARGV[4] .. id) == 0 then
@@ -111,7 +116,3 @@ redis.call('SREM', ARGV[4] .. ARGV[1], ARGV[3])
 redis.call('SADD', ARGV[4] .. ARGV[2], ARGV[3])
 return 1
 "#;
-
-/// How long a subject's slot is held for a session being opened (the longest an open can
-/// take: the queue's wait and a create).
-pub(super) const RESERVATION_TTL_MS: u64 = 120_000;

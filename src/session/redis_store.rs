@@ -5,8 +5,8 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `P session:<id>` | hash | `id`, `owner`, `container`, `token_hash`, `created_ms`, `last_active_ms`, `state`, `detached_at_ms`, `claimed_by`, `claimed_at_ms`, `subject` (absent in records of older versions: anonymous) |
-//! | `P subject:<sub>` | set | the live sessions (and reservations) of a token subject |
-//! | `P reserve:<id>` | string with a TTL | a subject's slot held for a session being opened |
+//! | `P subject:<sub>` | set | the live sessions (and reservations) of a token subject: `PUT` adds a session with a subject, `DELETE` removes it |
+//! | `P reserve:<id>` | string with a TTL | a subject's slot held for a session being opened (TTL: the acquire timeout + 60 s) |
 //! | `P idx:active` | sorted set | every session, scored by last-active time (ms) |
 //! | `P idx:detached` | sorted set | detached sessions, scored by when the socket dropped |
 //! | `P idx:ending` | sorted set | ending sessions, scored by claim time |
@@ -104,6 +104,9 @@ impl RedisStore {
     }
     fn owner_prefix(&self) -> String {
         format!("{}owner:", self.prefix)
+    }
+    fn subject_prefix(&self) -> String {
+        format!("{}subject:", self.prefix)
     }
     fn heartbeat_key(&self, instance: &str) -> String {
         format!("{}heartbeat:{instance}", self.prefix)
@@ -237,6 +240,7 @@ impl SessionStore for RedisStore {
             .arg(s.claimed_at_ms)
             .arg(self.owner_prefix())
             .arg(&s.subject)
+            .arg(self.subject_prefix())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
@@ -335,7 +339,7 @@ impl SessionStore for RedisStore {
             .key(self.idx("ending"))
             .arg(id)
             .arg(self.owner_prefix())
-            .arg(format!("{}subject:", self.prefix))
+            .arg(self.subject_prefix())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
@@ -347,16 +351,17 @@ impl SessionStore for RedisStore {
         subject: &str,
         session_id: &str,
         limit: usize,
+        ttl: Duration,
     ) -> Result<bool, StoreError> {
         let n: i64 = self
             .scripts
             .reserve
-            .key(format!("{}subject:{subject}", self.prefix))
+            .key(format!("{}{subject}", self.subject_prefix()))
             .arg(session_id)
             .arg(limit)
             .arg(format!("{}session:", self.prefix))
             .arg(format!("{}reserve:", self.prefix))
-            .arg(RESERVATION_TTL_MS)
+            .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
@@ -366,7 +371,7 @@ impl SessionStore for RedisStore {
     async fn unreserve_subject(&self, subject: &str, session_id: &str) -> Result<(), StoreError> {
         let _: () = redis::pipe()
             .atomic()
-            .srem(format!("{}subject:{subject}", self.prefix), session_id)
+            .srem(format!("{}{subject}", self.subject_prefix()), session_id)
             .ignore()
             .del(format!("{}reserve:{session_id}", self.prefix))
             .ignore()

@@ -64,7 +64,7 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Writes a new session (or rewrites one, when catching up after a store lost its data)
-    /// with its index entries.
+    /// with its index entries, its subject's included.
     async fn put(&self, session: &Session) -> Result<(), StoreError>;
 
     async fn get(&self, id: &str) -> Result<Option<Session>, StoreError>;
@@ -135,13 +135,15 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn count(&self) -> Result<usize, StoreError>;
 
     /// Holds one of `subject`'s at most `limit` live-session slots for `session_id` (being
-    /// opened); `false` when all are taken. The slot is freed when the session is deleted,
-    /// by `unreserve_subject`, or (an opener that crashed) after a while.
+    /// opened); `false` when all are taken. Every session written with a subject (`put`)
+    /// holds one of its slots until it is deleted; a reservation holds one until the session
+    /// is written, `unreserve_subject` frees it, or `ttl` passes (an opener that crashed).
     async fn reserve_subject(
         &self,
         subject: &str,
         session_id: &str,
         limit: usize,
+        ttl: Duration,
     ) -> Result<bool, StoreError>;
 
     /// Frees the slot `reserve_subject` held for a session that was not opened after all.

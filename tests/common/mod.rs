@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -625,4 +626,67 @@ pub fn static_program_base64(name: &str, source: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     b64(&std::fs::read(&bin).unwrap())
+}
+
+/// `node_modules` holding socket.io-client: `SANDPOOL_NODE_TOOLS`, else where `scripts/test`
+/// unpacks `../shared/tools/artillery-*.tar.zst`.
+pub fn node_modules() -> PathBuf {
+    let dir = std::env::var("SANDPOOL_NODE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/node-tools/node_modules")
+        });
+    assert!(
+        dir.join("socket.io-client").is_dir(),
+        "socket.io-client not found in {} (run scripts/test, which unpacks ../shared/tools, or set SANDPOOL_NODE_TOOLS)",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs one scenario of `tests/js/scenarios.js` with the official socket.io client against
+/// `addr`; `on_step` answers its `{"step": …}` lines. Returns its final JSON.
+pub fn run_scenario(
+    name: &str,
+    addr: std::net::SocketAddr,
+    env: &[(&str, &str)],
+    mut on_step: impl FnMut(&str),
+) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/scenarios.js");
+    let mut cmd = Command::new("node");
+    cmd.arg(script)
+        .arg(name)
+        .arg(format!("http://{addr}"))
+        .env("NODE_PATH", node_modules())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("node runs (Debian package nodejs)");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut last = serde_json::Value::Null;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if let Some(step) = value.get("step").and_then(|s| s.as_str()) {
+            on_step(step);
+            writeln!(stdin, "go").unwrap();
+            stdin.flush().unwrap();
+        } else {
+            last = value;
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "scenario {name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(last["ok"], true, "scenario {name} did not finish: {last}");
+    last
 }

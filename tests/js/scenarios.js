@@ -22,8 +22,8 @@ function step(name, extra = {}) {
   });
 }
 
-function connect(auth) {
-  const s = io(url, { transports: ["websocket"], reconnection: false, forceNew: true, auth });
+function connect(auth, to = url) {
+  const s = io(to, { transports: ["websocket"], reconnection: false, forceNew: true, auth });
   sockets.push(s);
   s.errors = [];
   s.outputs = [];
@@ -54,11 +54,36 @@ async function until(pred, what, ms = TIMEOUT) {
   }
 }
 
-async function session(auth) {
-  const s = connect(auth);
-  const sess = await once(s, "session");
-  s.session = sess;
+// A connection and its session; fails at once if the server disconnects it instead.
+async function session(auth, to = url, ms = TIMEOUT) {
+  const s = connect(auth, to);
+  s.session = await new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error("timeout waiting for session")), ms);
+    s.once("session", (x) => { clearTimeout(t); resolve(x); });
+    s.once("disconnect", (reason) => {
+      clearTimeout(t);
+      reject(new Error(`disconnected (${reason}) instead of a session: ${JSON.stringify(s.errors)}`));
+    });
+  });
   return s;
+}
+
+// A refused connection: the events it sees, in order, are `connect`, one `sandpool:error`
+// with `code`, and the server's disconnect. Returns the error.
+async function refused(code, auth, what, to = url) {
+  const s = connect(auth, to);
+  const seen = [];
+  s.on("connect", () => seen.push("connect"));
+  s.on("connect_error", (e) => seen.push("connect_error " + e.message));
+  s.on("sandpool:error", (e) => seen.push("sandpool:error " + e.code));
+  const reason = await new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${what}: timeout waiting for the refusal`)), TIMEOUT);
+    s.once("disconnect", (r) => { clearTimeout(t); resolve(r); });
+    s.once("session", () => { clearTimeout(t); reject(new Error(`${what}: got a session, not ${code}`)); });
+  });
+  assert.deepEqual(seen, ["connect", "sandpool:error " + code], `${what}: ${JSON.stringify(s.errors)}`);
+  assert.equal(reason, "io server disconnect", what);
+  return s.errors[0];
 }
 
 const ack = (s, ev, data) => s.timeout(TIMEOUT).emitWithAck(ev, data);
@@ -209,56 +234,125 @@ const scenarios = {
     return {};
   },
 
-  // Authentication (tokens minted by the test in TOKEN_* variables): refusals are typed and
-  // hold nothing; a subject's sessions are limited and resume only with that subject; a
-  // flood of connect-and-drop clients holds at most the detached cap.
-  async auth() {
+  // Authentication (tests/auth.rs mints the tokens and passes them in TOKEN_* variables).
+  // A refusal, exactly as a client sees it: `connect`, one `sandpool:error` with the code,
+  // then the server's disconnect; never a `session`, never a `connect_error`.
+  async auth_refused() {
+    const cases = JSON.parse(process.env.REFUSALS);
+    const messages = {};
+    for (const { what, auth } of cases) {
+      messages[what] = (await refused("unauthorized", auth ?? undefined, what)).message;
+    }
+    return { messages };
+  },
+
+  // A valid token: a session that runs a command; the same client without it: refused.
+  async auth_valid() {
+    const s = await session({ token: process.env.TOKEN_ALICE });
+    assert.deepEqual(s.errors, []);
+    const r = await exec(s, "echo hello $(id -u)");
+    assert.equal(r.stdout, "hello 1000\n");
+    await ack(s, "session:end");
+    await refused("unauthorized", undefined, "the same client without its token");
+    return {};
+  },
+
+  // A session opened with alice's token resumes only with a token of alice: bob's, one
+  // without a subject and none at all are refused; the session is untouched by the refusals.
+  async auth_resume() {
     const env = process.env;
-    const refused = async (auth, what) => {
-      const s = connect(auth);
-      await until(() => s.errors.length > 0 || s.session, `${what}: an answer`);
-      assert.equal(s.session, undefined, `${what}: no session`);
-      assert.equal(s.errors[0].code, "unauthorized", `${what}: ${JSON.stringify(s.errors)}`);
-      await until(() => !s.connected, `${what}: disconnected`);
-      return s.errors[0];
-    };
-    await refused(undefined, "no token");
-    await refused({ token: "" }, "empty token");
-    await refused({ token: env.TOKEN_EXPIRED }, "expired token");
-    await refused({ token: env.TOKEN_FORGED }, "forged token");
-    await refused({ token: env.TOKEN_NONE_ALG }, "alg none");
-    await refused({ token: env.TOKEN_NO_EXP }, "no exp");
-
-    // Valid: a session that works.
-    const a1 = await session({ token: env.TOKEN_ALICE });
-    assert.equal((await exec(a1, "echo hi")).stdout, "hi\n");
-    // The subject's limit (2): a third is refused before any sandbox is taken.
-    const a2 = await session({ token: env.TOKEN_ALICE });
-    const a3 = connect({ token: env.TOKEN_ALICE });
-    await until(() => a3.errors.length > 0, "third alice session refused");
-    assert.equal(a3.errors[0].code, "too_many_sessions", JSON.stringify(a3.errors));
-    await until(() => !a3.connected, "third disconnected");
-    // Ending one frees a slot.
-    await ack(a2, "session:end");
-    await until(() => !a2.connected, "a2 ended");
-    const a4 = await session({ token: env.TOKEN_ALICE });
-
-    // Resume: another subject's token is refused; the right one resumes.
-    const resume = { sessionId: a1.session.sessionId, resumeToken: a1.session.resumeToken };
-    await refused({ ...resume, token: env.TOKEN_BOB }, "resume with bob's token");
-    await refused({ ...resume }, "resume without a token");
+    const a = await session({ token: env.TOKEN_ALICE });
+    await exec(a, "echo kept > /workspace/f");
+    const resume = { sessionId: a.session.sessionId, resumeToken: a.session.resumeToken };
+    a.close();
+    await refused("unauthorized", { ...resume, token: env.TOKEN_BOB }, "bob's token");
+    await refused("unauthorized", { ...resume, token: env.TOKEN_NO_SUB }, "a token without sub");
+    await refused("unauthorized", { ...resume }, "no token");
     const back = await session({ ...resume, token: env.TOKEN_ALICE });
-    assert.equal(back.session.sessionId, a1.session.sessionId);
+    assert.deepEqual(back.errors, []);
+    assert.equal(back.session.sessionId, a.session.sessionId);
     assert.equal(back.session.resumed, true);
+    assert.equal((await exec(back, "cat /workspace/f")).stdout, "kept\n");
     await ack(back, "session:end");
-    await ack(a4, "session:end");
+    return {};
+  },
 
-    // A flood of connect-and-drop clients (tokens without a subject are not limited).
-    const flood = [];
-    for (let i = 0; i < 12; i++) flood.push(await session({ token: env.TOKEN_NO_SUB }));
-    for (const f of flood) f.close();
+  // Alice may hold 2 sessions over both replicas (URL and URL2, one Redis): one on each, then
+  // a third is refused on either; bob is not affected; ending one frees a slot.
+  async auth_limit() {
+    const env = process.env;
+    const on = (u, auth) => session(auth, u);
+    const a1 = await on(url, { token: env.TOKEN_ALICE });
+    const a2 = await on(env.URL2, { token: env.TOKEN_ALICE });
+    assert.notEqual(a1.session.instance, a2.session.instance, "two replicas");
+    const tooMany = [
+      await refused("too_many_sessions", { token: env.TOKEN_ALICE }, "third on the first replica", url),
+      await refused("too_many_sessions", { token: env.TOKEN_ALICE }, "third on the second replica", env.URL2),
+    ];
+    const b = await on(url, { token: env.TOKEN_BOB });
+    await ack(a2, "session:end");
+    const a3 = await on(url, { token: env.TOKEN_ALICE });
+    for (const s of [a1, a3, b]) await ack(s, "session:end");
+    return { message: tooMany[0].message };
+  },
+
+  // Every way a session or an open ends gives its slot back (alice may hold 1; the pool has
+  // one sandbox): a failed open, the janitor's expiry of a dropped session; and a slot
+  // survives the store losing its data (the record is written again with its subject).
+  async auth_freed() {
+    const alice = { token: process.env.TOKEN_ALICE };
+    // A failed open: the only sandbox is taken, alice's open gets pool_exhausted.
+    const other = await session({ token: process.env.TOKEN_ANON });
+    await refused("pool_exhausted", alice, "open with no sandbox free");
+    await ack(other, "session:end");
+    await until(() => !other.connected, "other ended");
+    // ...and alice's slot is free again.
+    const a1 = await session(alice);
+    // The store loses everything; the record comes back with its subject, and still counts.
+    await step("lose-store");
+    await refused("too_many_sessions", alice, "second session after the store's restart");
+    // A dropped session expires (grace 1 s): its slot is free once the janitor ended it.
+    a1.close();
+    const end = Date.now() + 30000;
+    for (;;) {
+      const s = connect(alice);
+      const got = await Promise.race([once(s, "session"), once(s, "disconnect")]);
+      if (s.session) break;
+      assert.deepEqual(s.errors.map((e) => e.code), ["too_many_sessions"], JSON.stringify(got));
+      assert.ok(Date.now() < end, "the expired session's slot was never freed");
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return {};
+  },
+
+  // A flood of connect-and-drop clients (no authentication): half drop the moment they are
+  // connected, before their session is set up, half once it is. The test then counts what is
+  // held.
+  async flood_detached() {
+    const n = Number(process.env.FLOOD);
+    const early = Array.from({ length: n / 2 }, () => new Promise((resolve) => {
+      const s = connect();
+      s.on("connect", () => { s.close(); resolve(); });
+    }));
+    const late = Array.from({ length: n / 2 }, () => session().then((s) => s.close()));
+    await Promise.all([...early, ...late]);
     await step("flooded");
     return {};
+  },
+
+  // Every sandbox is held by a dropped connection (grace 300 s): a live client does not wait
+  // for the grace, it gets one of theirs.
+  async detached_yield() {
+    const dropped = [await session(), await session()];
+    for (const s of dropped) s.close();
+    await step("dropped");
+    const started = Date.now();
+    const live = await session(undefined, url, 15000);
+    assert.deepEqual(live.errors, []);
+    const waitedMs = Date.now() - started;
+    assert.equal((await exec(live, "ls -A /workspace")).stdout, "", "a scrubbed sandbox");
+    await step("served");
+    return { waitedMs };
   },
 
   // Another session cannot approve a session's tool call.
