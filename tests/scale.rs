@@ -16,12 +16,6 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn node_modules() -> PathBuf {
-    std::env::var("SANDPOOL_NODE_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("target/node-tools/node_modules"))
-}
-
 /// One stack, under its own compose project and ports; `scripts/scale down --volumes` when
 /// dropped, whatever the test did.
 struct Stack {
