@@ -3,7 +3,8 @@
 //! session), concurrency and bounded output, process trees killed on timeout and on drop,
 //! file operations done as the tenant (no confused deputy), signals and writes aimed at the
 //! supervisor and at the host link, fake protocol frames, a fork bomb, memory exhaustion, a
-//! supervisor that dies or hangs, and a session cycle that never calls Docker. Every attack
+//! supervisor that dies or hangs, xattrs, ACLs and times left on the tenant's roots, and a
+//! session cycle that never calls Docker. Every attack
 //! ends with the same question: is the next session's sandbox clean and the link intact?
 
 mod common;
@@ -346,6 +347,13 @@ fn shm_maker_base64() -> String {
 #[cfg(target_arch = "x86_64")]
 fn fork_bomb_base64() -> String {
     static_program_base64("bomb", FORK_BOMB_C)
+}
+
+/// The tenant's tool that marks and lists the xattrs, ACLs and times of the tenant's roots
+/// (busybox has no setfattr or getfattr).
+#[cfg(target_arch = "x86_64")]
+fn xattr_tool_base64() -> String {
+    static_program_base64("xa", XATTR_TOOL_C)
 }
 
 /// A warm pool (min idle 1, max 2) of a fresh instance, and one sandbox leased from it.
@@ -1636,6 +1644,149 @@ async fn the_scrub_does_not_follow_tenant_symlinks_out_of_the_writable_paths() {
     );
     let dev_after = docker_root(&id, DEV_VIEW);
     assert_eq!(dev_before, dev_after, "/dev changed under the scrub");
+    assert_eq!(verify(&pool, &id).await, Verdict::Clean);
+    shutdown_leaves_nothing(&pool, &instance).await;
+}
+
+/// The tenant-owned roots: the scrub empties them and keeps the directories themselves.
+const TENANT_ROOTS: [&str; 3] = ["/workspace", "/tmp", "/home/sandbox"];
+
+/// Uploads the xattr tool into `/workspace` and runs it as the tenant with `mode` (it unlinks
+/// itself first); returns its lines.
+#[cfg(target_arch = "x86_64")]
+async fn xattr_tool(pool: &ContainerPool, id: &str, tool: &str, mode: &str) -> String {
+    let script = format!(
+        "echo {tool} | base64 -d > /workspace/xa && chmod +x /workspace/xa && /workspace/xa {mode}"
+    );
+    let out = run_sh(pool, id, &script).await;
+    assert_eq!(out.exit_code, Some(0), "xa {mode}: {out:?}");
+    text(&out.stdout)
+}
+
+/// `<root> <mode> <owner uid> <atime> <mtime>` for each tenant root, as the tenant sees them.
+/// `stat` reads no directory, so it moves no atime.
+async fn root_times(pool: &ContainerPool, id: &str) -> String {
+    let out = run_sh(
+        pool,
+        id,
+        &format!("stat -c '%n %a %u %X %Y' {}", TENANT_ROOTS.join(" ")),
+    )
+    .await;
+    assert_eq!(out.exit_code, Some(0), "stat: {out:?}");
+    text(&out.stdout)
+}
+
+/// A tenant marks its roots with `user.*` xattrs (kept by tmpfs since Linux 6.6), a POSIX
+/// access and default ACL and chosen times; the verification calls that dirty, and after the
+/// scrub the next tenant of the same container finds no xattr, no ACL, the modes restored and
+/// both times at the epoch.
+#[cfg(target_arch = "x86_64")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrub_removes_xattrs_acls_and_times_from_the_tenant_roots() {
+    let instance = unique_instance("sv-xattr");
+    let cleanup = Cleanup::new(&instance);
+    let config = small_config(&instance, 1, 1);
+    let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
+    let lease = within(30, "acquire", pool.acquire())
+        .await
+        .expect("acquire");
+    let id = lease.container_id.clone();
+    let tool = xattr_tool_base64();
+
+    let marked = xattr_tool(&pool, &id, &tool, "set").await;
+    eprintln!("the tenant marks its roots:\n{marked}");
+    let lines: Vec<&str> = marked.lines().collect();
+    let has = |line: String| lines.contains(&line.as_str());
+    for root in TENANT_ROOTS {
+        for name in ["user.leak", "user.note"] {
+            assert!(
+                has(format!("set {root} {name} 0")),
+                "{name} on {root}:\n{marked}"
+            );
+            assert!(
+                marked.contains(&format!("xattr {root} {name} ")),
+                "{name} not listed on {root}:\n{marked}"
+            );
+        }
+        assert!(
+            has(format!("times {root} - 0")),
+            "times of {root}:\n{marked}"
+        );
+    }
+    // A tmpfs built without CONFIG_TMPFS_POSIX_ACL refuses ACLs with EOPNOTSUPP (-95): then
+    // the ACL part is skipped, and only that refusal is checked.
+    let acls = if has("acl /workspace system.posix_acl_access 0".into()) {
+        for root in TENANT_ROOTS {
+            for name in ["system.posix_acl_access", "system.posix_acl_default"] {
+                assert!(
+                    has(format!("acl {root} {name} 0")),
+                    "{name} on {root}:\n{marked}"
+                );
+                assert!(
+                    has(format!("xattr {root} {name} 44")),
+                    "{name} listed:\n{marked}"
+                );
+            }
+        }
+        true
+    } else {
+        assert!(
+            has("acl /workspace system.posix_acl_access -95".into()),
+            "an ACL neither kept nor refused as unsupported:\n{marked}"
+        );
+        eprintln!("this kernel's tmpfs refuses POSIX ACLs: that part is skipped");
+        false
+    };
+    let before = root_times(&pool, &id).await;
+    let roots_and_times: Vec<(&str, &str, &str)> = before
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0], f[3], f[4])
+        })
+        .collect();
+    assert_eq!(
+        roots_and_times,
+        TENANT_ROOTS.map(|r| (r, "111111111", "222222222")),
+        "the tenant's times:\n{before}"
+    );
+
+    // The tool unlinked itself, so only the marks are left, and they alone make it dirty.
+    let Verdict::Dirty(found) = verify(&pool, &id).await else {
+        panic!("xattrs on the tenant's roots passed the verification");
+    };
+    eprintln!("verification before the scrub: {found}");
+    for root in TENANT_ROOTS {
+        for name in ["user.leak", "user.note"] {
+            let finding = format!("xattr:{root}:{name}");
+            assert!(found.contains(&finding), "{finding} not reported: {found}");
+        }
+        if acls {
+            let finding = format!("xattr:{root}:system.posix_acl_access");
+            assert!(found.contains(&finding), "{finding} not reported: {found}");
+        }
+    }
+
+    assert_eq!(recycle(&pool, &id).await, RecycleOutcome::Recycled);
+    let next = within(30, "acquire", pool.acquire())
+        .await
+        .expect("acquire");
+    assert_eq!(
+        next.container_id, id,
+        "one container: the same one comes back"
+    );
+
+    // Times first: the next command's upload moves the mtime of /workspace.
+    let after = root_times(&pool, &id).await;
+    assert_eq!(
+        after, "/workspace 755 1000 0 0\n/tmp 1777 1000 0 0\n/home/sandbox 755 1000 0 0\n",
+        "modes, owners and times (atime, mtime at the epoch) restored"
+    );
+    let listed = xattr_tool(&pool, &id, &tool, "list").await;
+    assert_eq!(
+        listed, "list /workspace - 0\nlist /tmp - 0\nlist /home/sandbox - 0\n",
+        "the next tenant sees xattrs of the last one"
+    );
     assert_eq!(verify(&pool, &id).await, Verdict::Clean);
     shutdown_leaves_nothing(&pool, &instance).await;
 }

@@ -607,6 +607,106 @@ void _start(void) {
 }
 "#;
 
+/// A C program with no libc for the tenant's side of the xattr test. `xa set` puts two
+/// `user.*` xattrs, a POSIX access and default ACL (`system.posix_acl_*`) and chosen times
+/// (atime 111111111, mtime 222222222) on `/workspace`, `/tmp` and `/home/sandbox`, then lists;
+/// `xa list` only lists every xattr of those roots (names, value lengths, `user.*` values).
+/// Both unlink their own file first, so that it leaves no file behind. One line per call:
+/// `<what> <root> <name> <return value or -errno>`.
+pub const XATTR_TOOL_C: &str = r#"
+static long sys6(long n, long a, long b, long c, long d, long e) {
+    long r;
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    __asm__ volatile ("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8)
+                      : "rcx", "r11", "memory");
+    return r;
+}
+#define SYS_WRITE 1
+#define SYS_UNLINK 87
+#define SYS_SETXATTR 188
+#define SYS_LGETXATTR 192
+#define SYS_LLISTXATTR 195
+#define SYS_EXIT 60
+#define SYS_UTIMENSAT 280
+
+static const char *const roots[3] = {"/workspace", "/tmp", "/home/sandbox"};
+static char names[4096];
+static char value[4096];
+static char digits[24];
+/* version 2; USER_OBJ rwx, USER 1001 r--, GROUP_OBJ r-x, MASK r-x, OTHER r-x */
+static const unsigned char acl[44] = {
+    2, 0, 0, 0,
+    0x01, 0, 7, 0, 0xff, 0xff, 0xff, 0xff,
+    0x02, 0, 4, 0, 0xe9, 0x03, 0, 0,
+    0x04, 0, 5, 0, 0xff, 0xff, 0xff, 0xff,
+    0x10, 0, 5, 0, 0xff, 0xff, 0xff, 0xff,
+    0x20, 0, 5, 0, 0xff, 0xff, 0xff, 0xff,
+};
+/* atime, then mtime: { seconds, nanoseconds } each */
+static const long times[4] = {111111111, 0, 222222222, 0};
+
+/* volatile: else gcc turns the loop into a call to strlen, which is not there */
+static long len(const volatile char *s) { long n = 0; while (s[n]) n++; return n; }
+static void out(const char *s) { sys6(SYS_WRITE, 1, (long)s, len(s), 0, 0); }
+static void num(long v) {
+    int i = sizeof digits - 1;
+    int neg = v < 0;
+    unsigned long u = neg ? -(unsigned long)v : (unsigned long)v;
+    digits[i] = 0;
+    do { digits[--i] = '0' + u % 10; u /= 10; } while (u);
+    if (neg) digits[--i] = '-';
+    out(digits + i);
+}
+static int same(const char *a, const char *b) {
+    while (*a && *a == *b) { a++; b++; }
+    return *a == *b;
+}
+static void say(const char *what, const char *root, const char *name, long ret) {
+    out(what); out(" "); out(root); out(" "); out(name); out(" "); num(ret); out("\n");
+}
+
+static void set(const char *root) {
+    static const char *const keys[2] = {"user.leak", "user.note"};
+    for (int k = 0; k < 2; k++) {
+        const char *v = k ? "a note for the next tenant" : root;
+        say("set", root, keys[k], sys6(SYS_SETXATTR, (long)root, (long)keys[k], (long)v, len(v), 0));
+    }
+    say("acl", root, "system.posix_acl_access",
+        sys6(SYS_SETXATTR, (long)root, (long)"system.posix_acl_access", (long)acl, sizeof acl, 0));
+    say("acl", root, "system.posix_acl_default",
+        sys6(SYS_SETXATTR, (long)root, (long)"system.posix_acl_default", (long)acl, sizeof acl, 0));
+}
+
+static void times_of(const char *root) {
+    /* AT_FDCWD, AT_SYMLINK_NOFOLLOW */
+    say("times", root, "-", sys6(SYS_UTIMENSAT, -100, (long)root, (long)times, 0x100, 0));
+}
+
+static void list(const char *root) {
+    long n = sys6(SYS_LLISTXATTR, (long)root, (long)names, sizeof names, 0, 0);
+    say("list", root, "-", n);
+    for (long i = 0; i < n; i += len(names + i) + 1) {
+        long v = sys6(SYS_LGETXATTR, (long)root, (long)(names + i), (long)value, sizeof value - 1, 0);
+        say("xattr", root, names + i, v);
+        if (v >= 0 && names[i] == 'u') { value[v] = 0; out("value "); out(value); out("\n"); }
+    }
+}
+
+void start(long *sp) {
+    char **argv = (char **)(sp + 1);
+    sys6(SYS_UNLINK, (long)argv[0], 0, 0, 0, 0);
+    int setting = sp[0] > 1 && same(argv[1], "set");
+    for (int r = 0; r < 3; r++) {
+        if (setting) { set(roots[r]); times_of(roots[r]); }
+        list(roots[r]);
+    }
+    sys6(SYS_EXIT, 0, 0, 0, 0, 0);
+}
+
+__asm__(".globl _start\n_start:\n\tmov %rsp, %rdi\n\tand $-16, %rsp\n\tcall start\n\thlt\n");
+"#;
+
 /// Compiles `source` (no libc, `_start`) into a static x86-64 program with gcc and returns it
 /// base64-encoded, ready to be written into a sandbox by a command.
 pub fn static_program_base64(name: &str, source: &str) -> String {
