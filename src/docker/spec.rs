@@ -43,8 +43,9 @@ pub const SANDBOX_HOME: &str = "/home/sandbox";
 /// Working directory of session commands.
 pub const WORKSPACE: &str = "/workspace";
 /// Every path a session can write to, with the mode it is restored to and whether the tenant
-/// owns it. The scrub empties each one and the verification checks that each is empty, with
-/// its mode and owner. Anything else is read-only (the root filesystem) or owned by root.
+/// owns it. The scrub empties each one and restores the directory itself (mode, owner, no
+/// extended attribute or ACL, atime and mtime at the epoch); the verification checks all of
+/// that (the times right after a scrub only). Anything else is read-only (the root filesystem) or owned by root.
 pub const WRITABLE_PATHS: [(&str, u32, bool); 5] = [
     (WORKSPACE, 0o755, true),
     ("/tmp", 0o1777, true),

@@ -2,9 +2,10 @@
 //!
 //! The supervisor (root in the container, out of the tenant's reach: see ARCHITECTURE.md's
 //! threat model) kills every process in the container but itself and the init, empties every
-//! writable path and restores its mode and owner, then runs a separate verification pass from
-//! a fresh look at `/proc`, the paths and System V IPC (which it does not remove: a container
-//! holding an IPC object fails verification and is destroyed). The verdict travels in the
+//! writable path and restores its mode and owner, removes its extended attributes (POSIX ACLs
+//! included) and sets its atime and mtime to the epoch, then runs a separate verification pass
+//! from a fresh look at `/proc`, the paths and System V IPC (which it does not remove: a
+//! container holding an IPC object fails verification and is destroyed). The verdict travels in the
 //! supervisor's own `Result` frame, which no tenant output can imitate.
 //!
 //! The pool trusts a verdict only when it is whole and consistent: `clean` with nothing

@@ -29,7 +29,8 @@ pub enum Kind {
     /// Kill every tenant process, empty every writable path and restore it, then verify:
     /// head `ScrubRequest`; reply `Result` with head `Verdict`.
     Scrub = 5,
-    /// Only the verification pass of `Scrub`: head `ScrubRequest`; reply head `Verdict`.
+    /// Only the verification pass of `Scrub`, without judging the paths' times (only a scrub
+    /// sets them): head `ScrubRequest`; reply head `Verdict`.
     Verify = 6,
     /// Liveness: reply `Result` with head `Pong`.
     Ping = 7,
@@ -326,7 +327,8 @@ pub struct Verdict {
     /// Nothing was found.
     pub clean: bool,
     /// What was found, e.g. `proc:42`, `file:/tmp/x`, `mode:/tmp`, `owner:/workspace`,
-    /// `ipc:shm`, `missing:/dev/mqueue`.
+    /// `xattr:/workspace:user.note` (POSIX ACLs too: `xattr:/tmp:system.posix_acl_access`),
+    /// `time:/tmp` (after a scrub only), `ipc:shm`, `missing:/dev/mqueue`.
     pub found: Vec<String>,
     /// Processes the cleaning killed.
     pub killed: u32,

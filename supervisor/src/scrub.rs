@@ -1,11 +1,13 @@
 //! Returning a container to a clean state between tenants (`Scrub`) and checking that it is
 //! (`Verify`). The scrub kills every process but the container's init and the supervisor,
-//! empties the writable paths and restores their owner and mode; the verification is a
+//! empties the writable paths and restores the paths themselves: owner, mode, no extended
+//! attribute (so no POSIX ACL either) and both times at the epoch. The verification is a
 //! separate pass that trusts nothing the cleaning did and looks afresh at `/proc`, the paths
-//! and System V IPC. Both refuse to run unless the supervisor is plainly inside a container.
+//! (their entries, owner, mode and xattrs, and after a scrub their times) and System V IPC.
+//! Both refuse to run unless the supervisor is plainly inside a container.
 
 use std::collections::HashSet;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sandpool_supervisor::proto::{Frame, ScrubRequest, Verdict, WritablePath};
 
-use crate::{Ctx, Reply, Tenant, procs};
+use crate::{Ctx, Reply, Tenant, procs, sys};
 
 /// The scrub thread's queue of `(id, request, clean)`.
 type Job = (u32, ScrubRequest, bool);
@@ -24,6 +26,19 @@ static JOBS: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
 /// The cleaning recurses through tenant-made trees of any depth.
 const STACK: usize = 64 << 20;
 const KILL_ROUNDS: usize = 200;
+/// The access and modification time the scrub gives every writable path: the epoch. It is
+/// the same in every sandbox and after every scrub, so it tells a tenant nothing about the
+/// last one (a time a tenant sets is up to 64 bits it could hand on). The change time cannot
+/// be set; it says when the scrub ran.
+const ROOT_TIME: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+};
+/// Extended attributes that a Linux security module puts on every inode of its host (an
+/// SELinux or Smack label). They are the module's, not the tenant's: a tenant cannot choose
+/// one without the module's leave (CAP_MAC_ADMIN, a relabel rule), and the supervisor may not
+/// remove one. Every other xattr a path has is the tenant's and is removed.
+const LSM_LABELS: [&str; 2] = ["security.selinux", "security.SMACK64"];
 
 /// Starts the one thread that runs scrubs and verifications, one at a time (two interleaved
 /// ones would report each other's half-done work). It exists from startup on, so a scrub
@@ -82,7 +97,7 @@ fn run(ctx: &Ctx, req: &ScrubRequest, clean: bool) -> Reply {
     } else {
         0
     };
-    let found = verify(&req.paths, ctx.tenant);
+    let found = verify(&req.paths, ctx.tenant, clean);
     let verdict = Verdict {
         clean: found.is_empty(),
         found,
@@ -139,8 +154,12 @@ fn kill_everything(ctx: &Ctx) -> u32 {
     seen.len() as u32
 }
 
-/// Removes everything inside `wp.path`, then restores its owner and mode. A missing path, or
-/// one that is not a directory, is left for the verification to report.
+/// Removes everything inside `wp.path`, then restores the directory itself: every extended
+/// attribute removed (`user.*`, the POSIX ACLs `system.posix_acl_access` and
+/// `system.posix_acl_default`, and whatever else it lists but an LSM label), its owner and
+/// mode, and its atime and mtime set to `ROOT_TIME`, in that order: neither chown nor chmod
+/// moves them. A missing path, or one that is not a directory, is left for the verification
+/// to report.
 fn empty_and_restore(wp: &WritablePath, tenant: Tenant) -> io::Result<()> {
     let path = Path::new(&wp.path);
     let Ok(meta) = fs::symlink_metadata(path) else {
@@ -171,6 +190,11 @@ fn empty_and_restore(wp: &WritablePath, tenant: Tenant) -> io::Result<()> {
     } else {
         (0, 0)
     };
+    // The ACLs go before the mode: chmod would otherwise rewrite an access ACL's mask rather
+    // than the group bits.
+    if let Err(e) = remove_xattrs(&dir) {
+        first_error.get_or_insert(e);
+    }
     // SAFETY: fchown/fchmod on an owned descriptor. chown clears set-id bits, so the mode
     // goes second.
     unsafe {
@@ -181,7 +205,39 @@ fn empty_and_restore(wp: &WritablePath, tenant: Tenant) -> io::Result<()> {
             first_error.get_or_insert(io::Error::last_os_error());
         }
     }
+    if let Err(e) = sys::futimens(&dir, ROOT_TIME, ROOT_TIME) {
+        first_error.get_or_insert(e);
+    }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Removes every extended attribute `dir` lists but an LSM label. The supervisor (root with
+/// CAP_FOWNER) may remove `user.*` and `system.posix_acl_*` of any file; it cannot see
+/// `trusted.*` nor remove `security.*` (both need CAP_SYS_ADMIN), which a tenant cannot set
+/// either. Whatever is left is for the verification to report.
+fn remove_xattrs(dir: &OwnedFd) -> io::Result<()> {
+    let mut first_error = None;
+    for name in sys::flistxattr(dir)? {
+        if is_lsm_label(&name) {
+            continue;
+        }
+        match sys::fremovexattr(dir, &name) {
+            // Gone in between: that is what was wanted.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => {
+                first_error.get_or_insert(io::Error::new(
+                    e.kind(),
+                    format!("xattr {}: {e}", name.to_string_lossy()),
+                ));
+            }
+            Ok(()) => {}
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn is_lsm_label(name: &CStr) -> bool {
+    LSM_LABELS.iter().any(|l| l.as_bytes() == name.to_bytes())
 }
 
 /// Removes one entry: a real directory with everything in it (`remove_dir_all` does not
@@ -215,8 +271,12 @@ fn open_up(path: &Path) {
     }
 }
 
-/// The verification pass: what is wrong now, from a fresh look.
-pub fn verify(paths: &[WritablePath], tenant: Tenant) -> Vec<String> {
+/// The verification pass: what is wrong now, from a fresh look. `scrubbed` says that a scrub
+/// has just run, so each path's atime and mtime must be `ROOT_TIME` too; a sandbox that was
+/// never scrubbed (fresh from create) or is in use has other times, and they are not judged.
+/// The listing does not move the paths' atime, so the next tenant finds it as the scrub left
+/// it.
+pub fn verify(paths: &[WritablePath], tenant: Tenant, scrubbed: bool) -> Vec<String> {
     let mut found: Vec<String> = others().iter().map(|p| format!("proc:{}", p.pid)).collect();
     for wp in paths {
         let path = &wp.path;
@@ -238,13 +298,33 @@ pub fn verify(paths: &[WritablePath], tenant: Tenant) -> Vec<String> {
         if meta.mode() & 0o7777 != wp.mode & 0o7777 {
             found.push(format!("mode:{path}"));
         }
-        match fs::read_dir(path) {
+        let at_root_time =
+            |secs: i64, nsecs: i64| secs == ROOT_TIME.tv_sec && nsecs == ROOT_TIME.tv_nsec;
+        if scrubbed
+            && !(at_root_time(meta.atime(), meta.atime_nsec())
+                && at_root_time(meta.mtime(), meta.mtime_nsec()))
+        {
+            found.push(format!("time:{path}"));
+        }
+        let Ok(c_path) = CString::new(path.as_str()) else {
+            found.push(format!("unreadable:{path}"));
+            continue;
+        };
+        // Listed by name only: an ACL is an xattr (`system.posix_acl_*`) like any other.
+        match sys::llistxattr(&c_path) {
+            Ok(names) => found.extend(
+                names
+                    .iter()
+                    .filter(|n| !is_lsm_label(n))
+                    .map(|n| format!("xattr:{path}:{}", n.to_string_lossy())),
+            ),
+            Err(_) => found.push(format!("unreadable-xattrs:{path}")),
+        }
+        match sys::read_dir_noatime(&c_path) {
             Ok(entries) => {
                 let mut names: Vec<String> = entries
-                    .map(|e| match e {
-                        Ok(e) => format!("file:{path}/{}", e.file_name().to_string_lossy()),
-                        Err(_) => format!("unreadable:{path}"),
-                    })
+                    .iter()
+                    .map(|name| format!("file:{path}/{}", name.to_string_lossy()))
                     .collect();
                 names.sort();
                 found.extend(names);
@@ -275,6 +355,24 @@ fn ipc_objects(text: &str) -> usize {
 mod tests {
     use super::*;
 
+    /// What `verify` finds about `paths` alone (not this machine's processes and IPC).
+    fn findings(paths: &[WritablePath], me: Tenant, scrubbed: bool) -> Vec<String> {
+        verify(paths, me, scrubbed)
+            .into_iter()
+            .filter(|f| !f.starts_with("proc:") && !f.starts_with("ipc:"))
+            .collect()
+    }
+
+    fn me() -> Tenant {
+        // SAFETY: plain syscalls with no pointers.
+        unsafe {
+            Tenant {
+                uid: libc::getuid(),
+                gid: libc::getgid(),
+            }
+        }
+    }
+
     #[test]
     fn counts_ipc_objects() {
         assert_eq!(ipc_objects("       key      shmid perms\n"), 0);
@@ -288,10 +386,7 @@ mod tests {
         fs::create_dir_all(dir.join("sub")).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         let d = dir.to_str().unwrap().to_string();
-        let me = Tenant {
-            uid: unsafe { libc::getuid() },
-            gid: unsafe { libc::getgid() },
-        };
+        let me = me();
         let paths = [
             WritablePath {
                 path: d.clone(),
@@ -304,10 +399,7 @@ mod tests {
                 tenant_owned: true,
             },
         ];
-        let found: Vec<String> = verify(&paths, me)
-            .into_iter()
-            .filter(|f| !f.starts_with("proc:") && !f.starts_with("ipc:"))
-            .collect();
+        let found = findings(&paths, me, false);
         assert_eq!(
             found,
             vec![
@@ -316,6 +408,62 @@ mod tests {
                 format!("missing:{d}/nope")
             ]
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_scrub_restores_xattrs_and_times_and_verify_sees_them() {
+        let dir = std::env::temp_dir().join(format!("sandpool-xattr-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("f"), b"x").unwrap();
+        let d = dir.to_str().unwrap().to_string();
+        let c = CString::new(d.as_str()).unwrap();
+        // SAFETY: NUL-terminated path and name, a live value of the length passed.
+        let set = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                c"user.leak".as_ptr(),
+                b"v".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        // A filesystem without user xattrs (ENOTSUP) cannot hold the leak: times only then.
+        let xattrs = set == 0;
+        if !xattrs {
+            let err = io::Error::last_os_error();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOTSUP), "setxattr: {err}");
+            eprintln!("{d} takes no user xattrs: only times are checked");
+        }
+        let dir_fd = OwnedFd::from(fs::File::open(&dir).unwrap());
+        let chosen = libc::timespec {
+            tv_sec: 222222222,
+            tv_nsec: 5,
+        };
+        sys::futimens(&dir_fd, chosen, chosen).unwrap();
+        let paths = [WritablePath {
+            path: d.clone(),
+            mode: 0o755,
+            tenant_owned: true,
+        }];
+
+        let mut dirty = vec![format!("file:{d}/f")];
+        if xattrs {
+            dirty.insert(0, format!("xattr:{d}:user.leak"));
+        }
+        assert_eq!(findings(&paths, me(), false), dirty);
+        dirty.insert(0, format!("time:{d}"));
+        assert_eq!(findings(&paths, me(), true), dirty);
+
+        empty_and_restore(&paths[0], me()).unwrap();
+        assert_eq!(findings(&paths, me(), true), Vec::<String>::new());
+        let meta = fs::symlink_metadata(&dir).unwrap();
+        assert_eq!(
+            (meta.atime(), meta.mtime()),
+            (0, 0),
+            "the listing left atime alone"
+        );
+        assert!(sys::llistxattr(&c).unwrap().is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

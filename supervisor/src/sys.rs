@@ -1,10 +1,12 @@
 //! Thin, safe wrappers over the raw Linux calls the supervisor needs and std does not offer
-//! (eventfd, pidfd, poll, per-thread fsuid, openat2, close_range), and the mapping of errno
-//! values to the protocol's stable error codes. Nothing here holds policy.
+//! (eventfd, pidfd, poll, per-thread fsuid, openat2, close_range, extended attributes,
+//! futimens, a directory listing that leaves atime alone), and the mapping of errno values to
+//! the protocol's stable error codes. Nothing here holds policy.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -163,6 +165,119 @@ pub fn cloexec_from_3() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The names of the extended attributes of `path` itself: llistxattr, so a final symlink is
+/// not followed. Only the names the caller may see are listed (`trusted.*` needs
+/// CAP_SYS_ADMIN). A filesystem without xattrs has none.
+pub fn llistxattr(path: &CStr) -> io::Result<Vec<CString>> {
+    // SAFETY: `path` is NUL-terminated; the buffer is null with size 0 (a size query) or a
+    // live, writable allocation of the size passed.
+    xattr_names(|buf, size| unsafe { libc::llistxattr(path.as_ptr(), buf, size) })
+}
+
+/// The names of the extended attributes of the file `fd` is open on (flistxattr).
+pub fn flistxattr(fd: &OwnedFd) -> io::Result<Vec<CString>> {
+    // SAFETY: as in `llistxattr`, on a descriptor the caller owns.
+    xattr_names(|buf, size| unsafe { libc::flistxattr(fd.as_raw_fd(), buf, size) })
+}
+
+/// Lists with a size query first; a list that grew in between (ERANGE) is asked again.
+fn xattr_names(
+    list: impl Fn(*mut libc::c_char, usize) -> libc::ssize_t,
+) -> io::Result<Vec<CString>> {
+    let none_here = |e: &io::Error| e.raw_os_error() == Some(libc::ENOTSUP);
+    for _ in 0..8 {
+        let size = list(std::ptr::null_mut(), 0);
+        if size < 0 {
+            let err = io::Error::last_os_error();
+            return if none_here(&err) {
+                Ok(Vec::new())
+            } else {
+                Err(err)
+            };
+        }
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = list(buf.as_mut_ptr().cast(), buf.len());
+        if got < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::ERANGE) => continue,
+                _ if none_here(&err) => return Ok(Vec::new()),
+                _ => return Err(err),
+            }
+        }
+        buf.truncate(got as usize);
+        // The list is NUL-terminated names, one after the other.
+        return Ok(buf
+            .split(|&b| b == 0)
+            .filter(|name| !name.is_empty())
+            .filter_map(|name| CString::new(name).ok())
+            .collect());
+    }
+    Err(io::Error::from_raw_os_error(libc::ERANGE))
+}
+
+/// Removes the extended attribute `name` of the file `fd` is open on (fremovexattr).
+pub fn fremovexattr(fd: &OwnedFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: a descriptor the caller owns and a NUL-terminated name.
+    cvt(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Sets the access and modification times of the file `fd` is open on (futimens).
+pub fn futimens(fd: &OwnedFd, atime: libc::timespec, mtime: libc::timespec) -> io::Result<()> {
+    let times = [atime, mtime];
+    // SAFETY: a descriptor the caller owns and a live array of two timespecs.
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// The names in directory `path` (without `.` and `..`; a symlink is refused), read through a
+/// descriptor opened with O_NOATIME where the caller may (the owner, or CAP_FOWNER), so that
+/// looking does not move the directory's atime.
+pub fn read_dir_noatime(path: &CStr) -> io::Result<Vec<OsString>> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: open with a NUL-terminated path.
+    let mut fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_NOATIME) };
+    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+        // SAFETY: as above.
+        fd = unsafe { libc::open(path.as_ptr(), flags) };
+    }
+    let dir = owned(fd as libc::c_long)?;
+    // SAFETY: fdopendir on an owned descriptor. On success the stream owns it (closedir
+    // closes it), so the `OwnedFd` is forgotten; on failure it stays ours and is dropped.
+    let stream = unsafe { libc::fdopendir(dir.as_raw_fd()) };
+    if stream.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(dir);
+    let mut names = Vec::new();
+    let result = loop {
+        // SAFETY: readdir reports its errors only through errno, which is cleared first.
+        unsafe { *libc::__errno_location() = 0 };
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            let err = io::Error::last_os_error();
+            break if err.raw_os_error() == Some(0) {
+                Ok(names)
+            } else {
+                Err(err)
+            };
+        }
+        // SAFETY: a non-null entry is valid until the next readdir on this stream, and its
+        // name is NUL-terminated.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            names.push(std::ffi::OsStr::from_bytes(name).to_os_string());
+        }
+    };
+    // SAFETY: closes the stream and its descriptor, once.
+    unsafe { libc::closedir(stream) };
+    result
 }
 
 /// The protocol's error code for an errno value.
