@@ -6,7 +6,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -181,9 +180,14 @@ async fn refill_rate(n: usize) -> Value {
     config.pool.max = n;
     let gate = real_gate(&config).await;
     let t = Instant::now();
-    let pool = ContainerPool::start(gate, &config, Arc::new(NoopObserver), &HashSet::new())
-        .await
-        .unwrap();
+    let pool = ContainerPool::start(
+        gate,
+        &config,
+        Arc::new(NoopObserver),
+        sandpool::pool::Startup::default(),
+    )
+    .await
+    .unwrap();
     cleanup.watch(&pool);
     assert!(pool.wait_idle(n, Duration::from_secs(600)).await);
     let secs = t.elapsed().as_secs_f64();
@@ -208,12 +212,12 @@ async fn recycle(cycles: usize) -> Value {
         let lease = pool.acquire().await.unwrap();
         sh(
             &pool,
-            &lease.container_id,
+            &lease.lease_ref(),
             "echo x > /workspace/f; mkdir -p /tmp/d; sleep 100 >/dev/null 2>&1 &",
         )
         .await;
         let t = Instant::now();
-        let rx = pool.release(&lease.container_id).unwrap();
+        let rx = pool.release(&lease.lease_ref()).unwrap();
         match rx.await.unwrap() {
             sandpool::pool::RecycleOutcome::Recycled => samples.push(ms(t.elapsed())),
             sandpool::pool::RecycleOutcome::Destroyed(_) => destroyed += 1,
@@ -238,7 +242,7 @@ async fn command_rtt(runs: usize) -> Value {
     cleanup.watch(&pool);
     assert!(pool.wait_idle(1, Duration::from_secs(120)).await);
     let lease = pool.acquire().await.unwrap();
-    let id = lease.container_id.clone();
+    let id = lease.lease_ref();
     let spec = sandpool::pool::CommandSpec {
         argv: vec!["true".into()],
         env: vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()],
@@ -268,7 +272,9 @@ async fn command_rtt(runs: usize) -> Value {
     let mut docker_exec = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        gate.exec(&id, &exec, None).await.expect("docker exec");
+        gate.exec(&id.container_id, &exec, None)
+            .await
+            .expect("docker exec");
         docker_exec.push(ms(t.elapsed()));
     }
     let _ = pool.release(&id);

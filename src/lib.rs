@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod pool;
 pub mod session;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -47,6 +46,8 @@ pub enum RunError {
     Pool(#[from] PoolError),
     #[error("cannot reach the session store at SANDPOOL_REDIS_URL: {0}")]
     Store(#[from] session::StoreError),
+    #[error("cannot start: {0}")]
+    Session(#[from] session::SessionError),
     #[error("http server failed: {0}")]
     Http(#[source] std::io::Error),
     #[error(transparent)]
@@ -78,18 +79,20 @@ pub async fn run(
         Some(url) => Arc::new(RedisStore::connect(url, &config.session.redis_prefix).await?),
         None => Arc::new(MemoryStore::new()),
     };
-    // Sessions this instance held before a crash keep their sandboxes.
-    let recovered = SessionManager::recover(store.as_ref(), &config.instance_id).await?;
-    let keep: HashSet<String> = recovered.iter().map(|s| s.container_id.clone()).collect();
-    // Sandboxes this instance handed to another replica with their session: not its own any
-    // more, although they carry its label.
-    let handed: HashSet<String> = store
-        .handed(&config.instance_id)
-        .await?
-        .into_iter()
-        .collect();
+    let settings = session::SessionSettings {
+        max_sessions_per_subject: config.auth.max_sessions_per_subject,
+        max_commands_per_session: config.api.max_inflight_per_session,
+        ..session::SessionSettings::from_config(&config.session)
+    };
+    // This process claims its instance id (two live processes never share one), and reads
+    // what the pool needs: the sessions this instance held before a crash keep their
+    // sandboxes, the sandboxes it handed to other replicas are left alone although they carry
+    // its label, and its fencing tokens start at a new epoch.
+    let recovery = SessionManager::recover(store.as_ref(), &config.instance_id, &settings).await?;
+    let handed = recovery.startup.handed.clone();
     let metrics = Metrics::new(gate.clone());
-    let pool = ContainerPool::start_leaving(gate, &config, metrics.clone(), &keep, &handed).await?;
+    let pool =
+        ContainerPool::start(gate, &config, metrics.clone(), recovery.startup.clone()).await?;
     let gone: Vec<String> = handed
         .iter()
         .filter(|id| !pool.is_handed_over(id))
@@ -98,17 +101,8 @@ pub async fn run(
     if let Err(error) = store.forget_handed(&config.instance_id, &gone).await {
         tracing::debug!(%error, "forgetting removed hand-overs failed; tried again next start");
     }
-    let sessions = SessionManager::start(
-        store,
-        pool.clone(),
-        &config.instance_id,
-        session::SessionSettings {
-            max_sessions_per_subject: config.auth.max_sessions_per_subject,
-            ..session::SessionSettings::from_config(&config.session)
-        },
-        recovered,
-    )
-    .await;
+    let sessions =
+        SessionManager::start(store, pool.clone(), &config.instance_id, settings, recovery).await;
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         instance = %config.instance_id,

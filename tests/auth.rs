@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use sandpool::session::{MemoryStore, RedisStore, Session, SessionStore, hash_token, now_ms};
+use sandpool::session::{
+    LeaseRef, MemoryStore, RedisStore, Session, SessionStore, hash_token, now_ms,
+};
 use serde_json::{Value, json};
 
 const SECRET: &str = "the-test-secret-of-at-least-32-bytes";
@@ -504,7 +506,15 @@ async fn the_stores_count_a_subjects_sessions_and_reservations() {
     let long = Duration::from_secs(60);
     for store in stores {
         let kind = store.kind();
-        let mut s = Session::new("a", "container-1", hash_token("t"), now_ms());
+        let mut s = Session::new(
+            "a",
+            &LeaseRef {
+                container_id: "container-1".into(),
+                fence: 1,
+            },
+            hash_token("t"),
+            now_ms(),
+        );
         s.subject = "alice".into();
         // Written without a reservation, as the catch-up does: it still counts.
         store.put(&s).await.unwrap();

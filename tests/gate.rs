@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -132,7 +131,7 @@ async fn open_breaker_stops_refill_but_idle_containers_are_still_handed_out() {
         gate.clone(),
         &config,
         Arc::new(NoopObserver),
-        &HashSet::new(),
+        sandpool::pool::Startup::default(),
     )
     .await
     .expect("pool");

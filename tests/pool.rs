@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use sandpool::pool::{ContainerPool, NoopObserver, PoolError, RecycleOutcome};
+use sandpool::pool::{ContainerPool, LeaseRef, NoopObserver, PoolError, RecycleOutcome};
 
-async fn recycle(pool: &ContainerPool, id: &str) -> RecycleOutcome {
+async fn recycle(pool: &ContainerPool, id: &LeaseRef) -> RecycleOutcome {
     let rx = pool.release(id).expect("lease is held");
     within(30, "recycle", rx).await.expect("recycle outcome")
 }
@@ -51,7 +51,7 @@ async fn prewarm_reaches_min_idle_with_hardened_labeled_containers() {
     let lease = pool.acquire().await.expect("acquire");
     let out = sh(
         &pool,
-        &lease.container_id,
+        &lease.lease_ref(),
         "id -u; pwd; touch /workspace/ok && echo ws-ok; touch /etc/x 2>/dev/null || echo root-ro; ls /sys/class/net",
     )
     .await;
@@ -105,7 +105,7 @@ async fn fifty_concurrent_acquires_are_exclusive_and_bounded() {
             tokio::time::sleep(Duration::from_millis(20)).await;
             held.lock().unwrap().remove(&lease.container_id);
             let outcome = pool
-                .release(&lease.container_id)
+                .release(&lease.lease_ref())
                 .expect("release")
                 .await
                 .expect("outcome");
@@ -140,7 +140,7 @@ async fn acquire_from_warm_pool_makes_no_docker_call() {
     let (a, b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
     for l in [&a, &b] {
         assert_eq!(
-            recycle(&pool, &l.container_id).await,
+            recycle(&pool, &l.lease_ref()).await,
             RecycleOutcome::Recycled
         );
     }
@@ -157,7 +157,7 @@ async fn acquire_from_warm_pool_makes_no_docker_call() {
             lease.waited
         );
         // Release without waiting: the scrub is the release's business, not the acquire's.
-        drop(pool.release(&lease.container_id).unwrap());
+        drop(pool.release(&lease.lease_ref()).unwrap());
         assert!(pool.wait_idle(2, Duration::from_secs(60)).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -199,13 +199,13 @@ async fn release_wipes_files_and_kills_processes_before_the_next_holder() {
     let pool = warm_pool(&config, &cleanup).await;
 
     let first = pool.acquire().await.expect("acquire");
-    let planted = sh(&pool, &first.container_id, LEAK_SCRIPT).await;
+    let planted = sh(&pool, &first.lease_ref(), LEAK_SCRIPT).await;
     assert_eq!(
         text(&planted.stdout).trim(),
         "3",
         "background processes started: {planted:?}"
     );
-    let before = sh(&pool, &first.container_id, PROBE_SCRIPT).await;
+    let before = sh(&pool, &first.lease_ref(), PROBE_SCRIPT).await;
     let planted_view = text(&before.stdout);
     for item in [
         "secret.txt",
@@ -227,7 +227,7 @@ async fn release_wipes_files_and_kills_processes_before_the_next_holder() {
     }
 
     assert_eq!(
-        recycle(&pool, &first.container_id).await,
+        recycle(&pool, &first.lease_ref()).await,
         RecycleOutcome::Recycled
     );
 
@@ -237,7 +237,7 @@ async fn release_wipes_files_and_kills_processes_before_the_next_holder() {
         "max 1: the same container comes back"
     );
     assert_eq!(second.uses, 2);
-    let after = sh(&pool, &second.container_id, PROBE_SCRIPT).await;
+    let after = sh(&pool, &second.lease_ref(), PROBE_SCRIPT).await;
     let seen = text(&after.stdout);
     for leak in [
         "secret",
@@ -291,7 +291,7 @@ async fn container_failing_verification_is_destroyed_not_handed_out() {
     let b64 = shm_maker_base64();
     let out = sh(
         &pool,
-        &lease.container_id,
+        &lease.lease_ref(),
         &format!("echo {b64} | base64 -d > /workspace/mkshm && chmod +x /workspace/mkshm && /workspace/mkshm && echo made; wc -l < /proc/sysvipc/shm"),
     )
     .await;
@@ -301,7 +301,7 @@ async fn container_failing_verification_is_destroyed_not_handed_out() {
         "segment created: {out:?}"
     );
 
-    let outcome = recycle(&pool, &lease.container_id).await;
+    let outcome = recycle(&pool, &lease.lease_ref()).await;
     match &outcome {
         RecycleOutcome::Destroyed(reason) => assert!(reason.contains("ipc:shm"), "{reason}"),
         other => panic!("a dirty container was recycled: {other:?}"),
@@ -315,7 +315,7 @@ async fn container_failing_verification_is_destroyed_not_handed_out() {
         let next = pool.acquire().await.expect("acquire");
         assert_ne!(next.container_id, lease.container_id);
         assert_eq!(
-            recycle(&pool, &next.container_id).await,
+            recycle(&pool, &next.lease_ref()).await,
             RecycleOutcome::Recycled
         );
     }
@@ -356,8 +356,8 @@ async fn containers_killed_from_outside_are_replaced() {
         }
     })
     .await;
-    assert_eq!(pool.lost_leases(), vec![lease.container_id.clone()]);
-    match recycle(&pool, &lease.container_id).await {
+    assert_eq!(pool.lost_leases(), vec![lease.lease_ref()]);
+    match recycle(&pool, &lease.lease_ref()).await {
         RecycleOutcome::Destroyed(reason) => assert!(reason.contains("died"), "{reason}"),
         other => panic!("a dead container was recycled: {other:?}"),
     }
@@ -379,7 +379,7 @@ async fn after_a_crash_a_new_pool_adopts_or_removes_every_leftover() {
     let lease = crashed.acquire().await.expect("acquire");
     sh(
         &crashed,
-        &lease.container_id,
+        &lease.lease_ref(),
         "echo left > /workspace/left-behind; sleep 1000 >/dev/null 2>&1 &",
     )
     .await;
@@ -399,9 +399,14 @@ async fn after_a_crash_a_new_pool_adopts_or_removes_every_leftover() {
     assert!(leftovers.len() >= 3, "{leftovers:?}");
 
     let gate = real_gate(&config).await;
-    let fresh = ContainerPool::start(gate, &config, Arc::new(NoopObserver), &HashSet::new())
-        .await
-        .expect("new pool");
+    let fresh = ContainerPool::start(
+        gate,
+        &config,
+        Arc::new(NoopObserver),
+        sandpool::pool::Startup::default(),
+    )
+    .await
+    .expect("new pool");
     cleanup.watch(&fresh);
     // The dirty leftover was scrubbed when adopted: whoever gets it sees nothing.
     let mut checked = false;
@@ -414,7 +419,7 @@ async fn after_a_crash_a_new_pool_adopts_or_removes_every_leftover() {
         if l.container_id == lease.container_id {
             let out = sh(
                 &fresh,
-                &l.container_id,
+                &l.lease_ref(),
                 "ls -A /workspace; ps -o args | grep -c '^sleep 1000'; true",
             )
             .await;
@@ -456,7 +461,7 @@ async fn a_burst_does_not_leave_the_idle_set_large() {
     }
     let mut outcomes = Vec::new();
     for lease in &leases {
-        outcomes.push(recycle(&pool, &lease.container_id).await);
+        outcomes.push(recycle(&pool, &lease.lease_ref()).await);
     }
     let destroyed: Vec<_> = outcomes
         .iter()
@@ -506,9 +511,14 @@ async fn reconcile_never_removes_a_container_that_is_still_being_created() {
     config.pool.reconcile_grace = Duration::from_millis(0);
     let gate = real_gate(&config).await;
     let failures = Arc::new(CreateFailures::default());
-    let pool = ContainerPool::start(gate, &config, failures.clone(), &HashSet::new())
-        .await
-        .unwrap();
+    let pool = ContainerPool::start(
+        gate,
+        &config,
+        failures.clone(),
+        sandpool::pool::Startup::default(),
+    )
+    .await
+    .unwrap();
     cleanup.watch(&pool);
     assert!(
         pool.wait_idle(8, Duration::from_secs(60)).await,

@@ -65,7 +65,7 @@ async fn waiters_are_served_first_come_first_served_and_told_their_place() {
     }
 
     // The freed sandbox goes to the head of the line, and the next moves up.
-    let rx = pool.release(&first.container_id).unwrap();
+    let rx = pool.release(&first.lease_ref()).unwrap();
     assert_eq!(
         within(30, "recycle", rx).await.unwrap(),
         RecycleOutcome::Recycled
@@ -81,12 +81,12 @@ async fn waiters_are_served_first_come_first_served_and_told_their_place() {
     .await;
     assert!(!c.is_finished(), "c still waits while b holds the sandbox");
 
-    let rx = pool.release(&second.container_id).unwrap();
+    let rx = pool.release(&second.lease_ref()).unwrap();
     within(30, "recycle", rx).await.unwrap();
     let third = within(30, "c served", c).await.unwrap().expect("c leases");
     assert_eq!(third.container_id, first.container_id);
     assert_eq!(pool.status().waiting, 0);
-    let _ = pool.release(&third.container_id);
+    let _ = pool.release(&third.lease_ref());
     shutdown_leaves_nothing(&pool, &instance).await;
 }
 
@@ -119,7 +119,7 @@ async fn a_caller_who_gives_up_leaves_the_line_and_takes_nothing() {
     assert_eq!(pool.status().waiting, 0, "the dropped caller left the line");
 
     // The sandbox comes back to the idle set, not to a caller who is gone.
-    let rx = pool.release(&first.container_id).unwrap();
+    let rx = pool.release(&first.lease_ref()).unwrap();
     within(30, "recycle", rx).await.unwrap();
     let status = pool.status();
     assert_eq!((status.idle, status.leased), (1, 0), "{status:?}");

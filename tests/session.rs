@@ -12,8 +12,9 @@ use std::time::Duration;
 use common::*;
 use sandpool::config::Config;
 use sandpool::session::{
-    Cutoffs, EndReason, MemoryStore, RedisStore, Session, SessionError, SessionHooks,
-    SessionManager, SessionSettings, SessionState, SessionStore, Sweep, hash_token, now_ms,
+    Cutoffs, EndReason, InstanceClaim, LeaseRef, MemoryStore, RedisStore, Session, SessionError,
+    SessionHooks, SessionManager, SessionSettings, SessionState, SessionStore, Sweep, hash_token,
+    now_ms,
 };
 
 const PREFIX: &str = "sp-test:";
@@ -41,10 +42,19 @@ async fn stop(m: &SessionManager) {
     m.pool_for_tests().shutdown(Duration::from_secs(20)).await;
 }
 
+/// The lease under which `pool` holds `container` now (it changes as the session moves).
+fn held(pool: &sandpool::pool::ContainerPool, container: &str) -> LeaseRef {
+    pool.lease_of(container)
+        .expect("the pool holds the sandbox")
+}
+
 fn session(owner: &str, last_active_ms: i64) -> Session {
     let mut s = Session::new(
         owner,
-        &format!("container-{}", uuid::Uuid::new_v4()),
+        &LeaseRef {
+            container_id: format!("container-{}", uuid::Uuid::new_v4()),
+            fence: 5 << 32,
+        },
         hash_token("t"),
         last_active_ms,
     );
@@ -227,10 +237,26 @@ async fn ownership_and_heartbeats(store: Arc<dyn SessionStore>) {
     assert_eq!(store.owned_by("a").await.unwrap(), vec![s.id.clone()]);
 
     // A live owner keeps its expired sessions from other janitors.
-    store
-        .heartbeat("a", Duration::from_millis(400))
-        .await
-        .unwrap();
+    assert!(
+        store
+            .heartbeat("a", "inc-a", Duration::from_millis(400))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .heartbeat("a", "inc-other", Duration::from_millis(400))
+            .await
+            .unwrap(),
+        "a live instance id is not taken by another incarnation"
+    );
+    assert!(matches!(
+        store
+            .claim_instance("a", "inc-other", Duration::from_millis(400))
+            .await
+            .unwrap(),
+        InstanceClaim::Held { incarnation, .. } if incarnation == "inc-a"
+    ));
     assert!(store.is_alive("a").await.unwrap());
     let cut = cutoffs(now);
     assert!(
@@ -245,17 +271,57 @@ async fn ownership_and_heartbeats(store: Arc<dyn SessionStore>) {
     // Once its heartbeat lapses, another instance may take the session over.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!store.is_alive("a").await.unwrap());
+    let owner = store.sandbox_owner(&s.container_id).await.unwrap().unwrap();
+    assert_eq!((owner.owner.as_str(), owner.fence), ("a", s.fence));
     assert!(
-        !store.transfer(&s.id, "x", "b").await.unwrap(),
+        !store.transfer(&s.id, "x", "b", 9 << 32).await.unwrap(),
         "only from the current owner"
     );
-    assert!(store.transfer(&s.id, "a", "b").await.unwrap());
+    assert!(store.transfer(&s.id, "a", "b", 9 << 32).await.unwrap());
     assert!(store.owned_by("a").await.unwrap().is_empty());
     assert_eq!(store.owned_by("b").await.unwrap(), vec![s.id.clone()]);
-    assert_eq!(store.get(&s.id).await.unwrap().unwrap().owner, "b");
+    let moved = store.get(&s.id).await.unwrap().unwrap();
+    assert_eq!((moved.owner.as_str(), moved.fence), ("b", 9 << 32));
+    // The takeover is recorded with the record, in the same write: who serves the sandbox
+    // now, and that "a" must leave it alone although it carries a's label.
+    let owner = store.sandbox_owner(&s.container_id).await.unwrap().unwrap();
+    assert_eq!((owner.owner.as_str(), owner.fence), ("b", 9 << 32));
+    assert!(store.handed("a").await.unwrap().contains(&s.container_id));
+    // A stale copy written back (a catch-up racing an end) does not replace the new one.
+    assert!(!store.restore(&s).await.unwrap(), "the record exists");
+    store.delete(&s.id).await.unwrap();
+    assert!(
+        store
+            .sandbox_owner(&s.container_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut other = session("c", now);
+    other.container_id = s.container_id.clone();
+    other.fence = 10 << 32;
+    store.put(&other).await.unwrap();
+    assert!(
+        !store.restore(&s).await.unwrap(),
+        "its sandbox is another session's under a newer lease"
+    );
+    // Epochs only rise, and never below the clock in seconds.
+    let e1 = store.next_epoch().await.unwrap();
+    let e2 = store.next_epoch().await.unwrap();
+    assert!(e2 > e1 && e1 >= (now / 1000) as u64);
 
-    store.heartbeat("b", Duration::from_secs(10)).await.unwrap();
-    store.remove_heartbeat("b").await.unwrap();
+    assert!(
+        store
+            .heartbeat("b", "inc-b", Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    store.remove_heartbeat("b", "inc-other").await.unwrap();
+    assert!(
+        store.is_alive("b").await.unwrap(),
+        "only its holder withdraws a heartbeat"
+    );
+    store.remove_heartbeat("b", "inc-b").await.unwrap();
     assert!(!store.is_alive("b").await.unwrap());
 }
 
@@ -304,21 +370,20 @@ async fn manager(
     settings: SessionSettings,
     cleanup: &Cleanup,
 ) -> (SessionManager, Arc<CountingHooks>) {
-    let recovered = SessionManager::recover(store.as_ref(), &config.instance_id)
+    let recovery = SessionManager::recover(store.as_ref(), &config.instance_id, &settings)
         .await
         .unwrap();
-    let keep = recovered.iter().map(|s| s.container_id.clone()).collect();
     let gate = real_gate(config).await;
     let pool = sandpool::pool::ContainerPool::start(
         gate,
         config,
         Arc::new(sandpool::pool::NoopObserver),
-        &keep,
+        recovery.startup.clone(),
     )
     .await
     .unwrap();
     cleanup.watch(&pool);
-    let m = SessionManager::start(store, pool, &config.instance_id, settings, recovered).await;
+    let m = SessionManager::start(store, pool, &config.instance_id, settings, recovery).await;
     let hooks = Arc::new(CountingHooks::default());
     let weak: std::sync::Weak<CountingHooks> = Arc::downgrade(&hooks);
     m.set_hooks(weak);
@@ -364,7 +429,7 @@ async fn resume_needs_the_token_and_keeps_the_sandbox() {
     );
     sh(
         m.pool_for_tests(),
-        &opened.lease.container_id,
+        &opened.lease.lease_ref(),
         "echo kept > /workspace/f",
     )
     .await;
@@ -387,12 +452,7 @@ async fn resume_needs_the_token_and_keeps_the_sandbox() {
         "same sandbox"
     );
     assert_eq!(resumed.state, SessionState::Active);
-    let out = sh(
-        m.pool_for_tests(),
-        &resumed.container_id,
-        "cat /workspace/f",
-    )
-    .await;
+    let out = sh(m.pool_for_tests(), &resumed.lease(), "cat /workspace/f").await;
     assert_eq!(text(&out.stdout).trim(), "kept", "files intact");
 
     assert!(m.end(&opened.session.id, EndReason::Ended).await.unwrap());
@@ -623,7 +683,7 @@ async fn a_stopped_instances_session_is_taken_over_with_its_container() {
     let opened = a.open().await.expect("open on a");
     sh(
         a.pool_for_tests(),
-        &opened.lease.container_id,
+        &opened.lease.lease_ref(),
         "echo from-a > /workspace/note",
     )
     .await;
@@ -652,12 +712,7 @@ async fn a_stopped_instances_session_is_taken_over_with_its_container() {
         b.pool_for_tests().is_leased(&taken.container_id),
         "still leased after reconciles"
     );
-    let out = sh(
-        b.pool_for_tests(),
-        &taken.container_id,
-        "cat /workspace/note",
-    )
-    .await;
+    let out = sh(b.pool_for_tests(), &taken.lease(), "cat /workspace/note").await;
     assert_eq!(text(&out.stdout).trim(), "from-a");
     assert_eq!(
         b.store().owned_by(&ib).await.unwrap(),
@@ -921,7 +976,7 @@ async fn release_after_end_scrubs_before_the_next_session() {
     let first = m.open().await.unwrap();
     sh(
         m.pool_for_tests(),
-        &first.lease.container_id,
+        &first.lease.lease_ref(),
         "echo private > /workspace/p; sleep 500 >/dev/null 2>&1 &",
     )
     .await;
@@ -934,7 +989,7 @@ async fn release_after_end_scrubs_before_the_next_session() {
     );
     let out = sh(
         m.pool_for_tests(),
-        &second.lease.container_id,
+        &second.lease.lease_ref(),
         "ls -A /workspace; ps -o args | grep -c '^sleep 500'; true",
     )
     .await;
@@ -1022,7 +1077,7 @@ async fn a_live_instance_hands_over_a_session_taken_while_its_heartbeat_lapsed()
     let container = opened.lease.container_id.clone();
     sh(
         a.pool_for_tests(),
-        &container,
+        &held(a.pool_for_tests(), &container),
         "echo kept > /workspace/note",
     )
     .await;
@@ -1055,7 +1110,12 @@ async fn a_live_instance_hands_over_a_session_taken_while_its_heartbeat_lapsed()
     // down: neither touches b's sandbox.
     a.pool_for_tests().reconcile_once().await;
     stop(&a).await;
-    let out = sh(b.pool_for_tests(), &container, "cat /workspace/note").await;
+    let out = sh(
+        b.pool_for_tests(),
+        &held(b.pool_for_tests(), &container),
+        "cat /workspace/note",
+    )
+    .await;
     assert_eq!(
         text(&out.stdout).trim(),
         "kept",
@@ -1154,7 +1214,7 @@ async fn a_live_owner_hands_a_resumed_session_over_at_once() {
     let container = opened.lease.container_id.clone();
     sh(
         a.pool_for_tests(),
-        &container,
+        &held(a.pool_for_tests(), &container),
         "echo from-a > /workspace/note; sleep 600 >/dev/null 2>&1 &",
     )
     .await;
@@ -1188,7 +1248,7 @@ async fn a_live_owner_hands_a_resumed_session_over_at_once() {
     );
     let out = sh(
         b.pool_for_tests(),
-        &container,
+        &held(b.pool_for_tests(), &container),
         "cat /workspace/note; ps -o args | grep -c '^sleep 600'",
     )
     .await;
@@ -1212,7 +1272,12 @@ async fn a_live_owner_hands_a_resumed_session_over_at_once() {
     assert_eq!(back.owner, ia);
     assert!(a.pool_for_tests().is_leased(&container));
     assert!(!b.pool_for_tests().is_leased(&container));
-    let out = sh(a.pool_for_tests(), &container, "cat /workspace/note").await;
+    let out = sh(
+        a.pool_for_tests(),
+        &held(a.pool_for_tests(), &container),
+        "cat /workspace/note",
+    )
+    .await;
     assert_eq!(text(&out.stdout).trim(), "from-a");
 
     // Ended on a: the sandbox is removed (it was adopted, so it is never pooled again).

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sandpool::pool::{
-    CommandOutput, CommandSpec, ContainerPool, FileRequest, OutputChunk, PoolError, RecycleOutcome,
-    SupervisorError, Verdict,
+    CommandOutput, CommandSpec, ContainerPool, FileRequest, LeaseRef, OutputChunk, PoolError,
+    RecycleOutcome, SupervisorError, Verdict,
 };
 use sandpool_supervisor::proto::{
     Done, ExitStatus, FileData, FileKind, FileStat, Frame, Kind, Listing, Pong, Verdict as Report,
@@ -25,20 +25,20 @@ use sandpool_supervisor::proto::{
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-async fn recycle(pool: &ContainerPool, id: &str) -> RecycleOutcome {
+async fn recycle(pool: &ContainerPool, id: &LeaseRef) -> RecycleOutcome {
     let rx = pool.release(id).expect("lease is held");
     within(60, "recycle", rx).await.expect("recycle outcome")
 }
 
 /// `sh -c script` as the tenant, bounded.
-async fn run_sh(pool: &ContainerPool, id: &str, script: &str) -> CommandOutput {
+async fn run_sh(pool: &ContainerPool, id: &LeaseRef, script: &str) -> CommandOutput {
     within(60, "command", sh(pool, id, script)).await
 }
 
 /// `spec` as the tenant, bounded; the error is the test's to judge.
 async fn run_spec(
     pool: &ContainerPool,
-    id: &str,
+    id: &LeaseRef,
     spec: &CommandSpec,
 ) -> Result<CommandOutput, PoolError> {
     within(
@@ -59,19 +59,19 @@ fn argv(args: &[&str], timeout: Duration) -> CommandSpec {
     spec
 }
 
-async fn ping(pool: &ContainerPool, id: &str) -> Result<(), PoolError> {
+async fn ping(pool: &ContainerPool, id: &LeaseRef) -> Result<Pong, PoolError> {
     within(30, "ping", pool.ping(id)).await
 }
 
-async fn verify(pool: &ContainerPool, id: &str) -> Verdict {
-    within(30, "verify", pool.verify(id))
+async fn verify(pool: &ContainerPool, id: &LeaseRef) -> Verdict {
+    within(30, "verify", pool.verify(&id.container_id))
         .await
         .expect("verify answers")
 }
 
 async fn file<T: serde::de::DeserializeOwned>(
     pool: &ContainerPool,
-    id: &str,
+    id: &LeaseRef,
     request: FileRequest,
     body: &[u8],
 ) -> Result<(T, Vec<u8>), PoolError> {
@@ -109,7 +109,7 @@ fn write_req(path: &str) -> FileRequest {
 
 /// Real supervisor frames saying "clean, nothing found" for every id in `ids`: what a tenant
 /// would print to pass a dirty sandbox off as clean, if its bytes reached the host link.
-fn fake_clean_verdicts(ids: std::ops::RangeInclusive<u32>) -> Vec<u8> {
+fn fake_clean_verdicts(ids: std::ops::RangeInclusive<u64>) -> Vec<u8> {
     ids.flat_map(|id| {
         Frame::with_head(
             Kind::Result,
@@ -127,7 +127,7 @@ fn fake_clean_verdicts(ids: std::ops::RangeInclusive<u32>) -> Vec<u8> {
 
 /// A mix of frames the host would act on (verdicts, exits, pongs, output), then a header
 /// the host's decoder would reject outright (a length past the maximum).
-fn fake_frame_mix(ids: std::ops::RangeInclusive<u32>) -> Vec<u8> {
+fn fake_frame_mix(ids: std::ops::RangeInclusive<u64>) -> Vec<u8> {
     let mut out = fake_clean_verdicts(ids.clone());
     for id in ids {
         out.extend(
@@ -151,6 +151,8 @@ fn fake_frame_mix(ids: std::ops::RangeInclusive<u32>) -> Vec<u8> {
                     pid: 1,
                     version: "fake".into(),
                     running: 0,
+                    generation: u64::MAX,
+                    holder: 1,
                 },
             )
             .encode(),
@@ -193,7 +195,7 @@ done
 "#;
 
 /// Every process in the sandbox, and the probe's own pid.
-async fn process_table(pool: &ContainerPool, id: &str) -> (i32, Vec<Proc>) {
+async fn process_table(pool: &ContainerPool, id: &LeaseRef) -> (i32, Vec<Proc>) {
     let out = run_sh(pool, id, PROC_TABLE).await;
     assert_eq!(out.exit_code, Some(0), "process table probe: {out:?}");
     let stdout = text(&out.stdout);
@@ -219,7 +221,7 @@ async fn process_table(pool: &ContainerPool, id: &str) -> (i32, Vec<Proc>) {
 }
 
 /// The supervisor's pid, from the tenant's view of `/proc` (comm is cut to 15 characters).
-async fn supervisor_pid(pool: &ContainerPool, id: &str) -> i32 {
+async fn supervisor_pid(pool: &ContainerPool, id: &LeaseRef) -> i32 {
     let (_, procs) = process_table(pool, id).await;
     let sup: Vec<&Proc> = procs
         .iter()
@@ -235,7 +237,7 @@ async fn supervisor_pid(pool: &ContainerPool, id: &str) -> i32 {
 }
 
 /// Asserts that the sandbox holds init, the supervisor and the probe, and nothing else.
-async fn assert_only_init_supervisor_and_probe(pool: &ContainerPool, id: &str) {
+async fn assert_only_init_supervisor_and_probe(pool: &ContainerPool, id: &LeaseRef) {
     let (me, procs) = process_table(pool, id).await;
     let strays: Vec<&Proc> = procs
         .iter()
@@ -254,7 +256,7 @@ async fn assert_only_init_supervisor_and_probe(pool: &ContainerPool, id: &str) {
 
 /// Processes whose command line contains `needle`; the needle is split so that the probe's
 /// own command line never matches.
-async fn procs_with(pool: &ContainerPool, id: &str, needle: &str) -> Vec<String> {
+async fn procs_with(pool: &ContainerPool, id: &LeaseRef, needle: &str) -> Vec<String> {
     let (a, b) = needle.split_at(needle.len() / 2);
     let script = format!(
         r#"n1='{a}'; n2='{b}'; n="$n1$n2"
@@ -273,7 +275,12 @@ true"#
 }
 
 /// Waits until no process's command line contains `needle`; returns what is left at the end.
-async fn wait_gone(pool: &ContainerPool, id: &str, needle: &str, within: Duration) -> Vec<String> {
+async fn wait_gone(
+    pool: &ContainerPool,
+    id: &LeaseRef,
+    needle: &str,
+    within: Duration,
+) -> Vec<String> {
     let deadline = Instant::now() + within;
     loop {
         let left = procs_with(pool, id, needle).await;
@@ -357,7 +364,7 @@ fn xattr_tool_base64() -> String {
 }
 
 /// A warm pool (min idle 1, max 2) of a fresh instance, and one sandbox leased from it.
-async fn leased_sandbox(name: &str) -> (String, Cleanup, ContainerPool, String) {
+async fn leased_sandbox(name: &str) -> (String, Cleanup, ContainerPool, LeaseRef) {
     let instance = unique_instance(name);
     let cleanup = Cleanup::new(&instance);
     let config = small_config(&instance, 1, 2);
@@ -365,7 +372,7 @@ async fn leased_sandbox(name: &str) -> (String, Cleanup, ContainerPool, String) 
     let lease = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    (instance, cleanup, pool, lease.container_id)
+    (instance, cleanup, pool, lease.lease_ref())
 }
 
 fn small_config(instance: &str, min_idle: usize, max: usize) -> sandpool::config::Config {
@@ -491,7 +498,7 @@ async fn commands_run_as_the_tenant_with_no_capabilities() {
     // hold them: none of them may be one of the tenant's.
     let sup = supervisor_pid(&pool, &id).await;
     let host_side = docker_root(
-        &id,
+        &id.container_id,
         &format!(
             "for p in 1 {sup}; do for f in 0 1 2; do readlink /proc/$p/fd/$f; done; done 2>/dev/null; true"
         ),
@@ -657,7 +664,7 @@ async fn timeout_and_drop_kill_the_whole_tree() {
     let lease = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    let id = lease.container_id.clone();
+    let id = lease.lease_ref();
 
     // The timeout kills the command and everything it started, setsid included.
     let started = Instant::now();
@@ -703,7 +710,7 @@ async fn timeout_and_drop_kill_the_whole_tree() {
     let next = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    assert_eq!(next.container_id, id);
+    assert_eq!(next.container_id, id.container_id);
     let left = procs_with(&pool, &id, "sleep 100").await;
     assert!(left.is_empty(), "the next holder sees {left:?}");
     assert_eq!(verify(&pool, &id).await, Verdict::Clean);
@@ -947,7 +954,9 @@ async fn file_operations_act_as_the_tenant() {
     // very request (and to the ping after it) if they got there.
     let mut fake = Vec::new();
     for n in 1..=400u32 {
-        fake.extend(Frame::with_head(Kind::Result, n, &Written { bytes: 424_242 }).encode());
+        fake.extend(
+            Frame::with_head(Kind::Result, u64::from(n), &Written { bytes: 424_242 }).encode(),
+        );
     }
     for link in ["/workspace/hostout", "/workspace/supout"] {
         let wrote = file::<Written>(&pool, &id, write_req(link), &fake).await;
@@ -1068,7 +1077,7 @@ async fn the_tenant_cannot_touch_the_supervisor() {
     let (instance, _cleanup, pool, id) = leased_sandbox("sv-attack").await;
 
     let sup = supervisor_pid(&pool, &id).await;
-    let (state_before, start_before) = outside_stat(&id, sup);
+    let (state_before, start_before) = outside_stat(&id.container_id, sup);
     assert_ne!(state_before, "T");
 
     // A tenant process that would die to `kill -9 -1`, to show that it did run.
@@ -1146,17 +1155,17 @@ async fn the_tenant_cannot_touch_the_supervisor() {
     let out = run_sh(&pool, &id, "echo alive").await;
     assert_eq!(text(&out.stdout), "alive\n");
     assert_eq!(supervisor_pid(&pool, &id).await, sup, "the same supervisor");
-    let (state_after, start_after) = outside_stat(&id, sup);
+    let (state_after, start_after) = outside_stat(&id.container_id, sup);
     assert_ne!(state_after, "T", "the supervisor was stopped");
     assert_eq!(start_before, start_after, "the same process (start time)");
-    let init = docker_root(&id, "grep State /proc/1/status");
+    let init = docker_root(&id.container_id, "grep State /proc/1/status");
     assert!(!init.contains("stopped"), "init was stopped: {init}");
 
     assert_eq!(recycle(&pool, &id).await, RecycleOutcome::Recycled);
     let next = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    assert_eq!(verify(&pool, &next.container_id).await, Verdict::Clean);
+    assert_eq!(verify(&pool, &next.lease_ref()).await, Verdict::Clean);
     shutdown_leaves_nothing(&pool, &instance).await;
 }
 
@@ -1228,13 +1237,13 @@ async fn fake_verdicts_cannot_make_a_dirty_sandbox_pass() {
         }
         RecycleOutcome::Recycled => panic!("a sandbox holding an shm segment was recycled"),
     }
-    wait_removed(&instance, &id, 10).await;
+    wait_removed(&instance, &id.container_id, 10).await;
 
     let next = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    assert_ne!(next.container_id, id);
-    assert_eq!(verify(&pool, &next.container_id).await, Verdict::Clean);
+    assert_ne!(next.container_id, id.container_id);
+    assert_eq!(verify(&pool, &next.lease_ref()).await, Verdict::Clean);
     shutdown_leaves_nothing(&pool, &instance).await;
 }
 
@@ -1249,7 +1258,7 @@ async fn fork_bomb_against_the_pids_limit_is_scrubbed() {
     let lease = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    let id = lease.container_id.clone();
+    let id = lease.lease_ref();
 
     // Written and made executable first, so that no fork of the launch itself races the bomb.
     let script = format!(
@@ -1263,7 +1272,7 @@ async fn fork_bomb_against_the_pids_limit_is_scrubbed() {
     assert!(text(&out.stdout).contains("started"), "{out:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    match host_pids_current(&id) {
+    match host_pids_current(&id.container_id) {
         Some(n) => {
             eprintln!("pids.current during the bomb: {n}");
             assert!(n >= 56, "the bomb did not reach the pids limit: {n}");
@@ -1297,13 +1306,16 @@ async fn fork_bomb_against_the_pids_limit_is_scrubbed() {
         .await
         .expect("acquire");
     assert_eq!(
-        next.container_id, id,
+        next.container_id, id.container_id,
         "one container: the same one comes back"
     );
     assert_eq!(verify(&pool, &id).await, Verdict::Clean);
     ping(&pool, &id).await.expect("ping");
     assert_only_init_supervisor_and_probe(&pool, &id).await;
-    eprintln!("pids.current after the scrub: {:?}", host_pids_current(&id));
+    eprintln!(
+        "pids.current after the scrub: {:?}",
+        host_pids_current(&id.container_id)
+    );
     shutdown_leaves_nothing(&pool, &instance).await;
 }
 
@@ -1317,7 +1329,7 @@ async fn filling_memory_kills_the_tenant_not_the_supervisor() {
     let lease = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    let id = lease.container_id.clone();
+    let id = lease.lease_ref();
     let sup = supervisor_pid(&pool, &id).await;
 
     // busybox tail keeps everything of a file with no newline.
@@ -1370,7 +1382,7 @@ async fn filling_memory_kills_the_tenant_not_the_supervisor() {
     let next = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    assert_eq!(next.container_id, id);
+    assert_eq!(next.container_id, id.container_id);
     assert_eq!(verify(&pool, &id).await, Verdict::Clean);
     shutdown_leaves_nothing(&pool, &instance).await;
 }
@@ -1386,7 +1398,7 @@ async fn filling_tmpfs_past_the_memory_limit_never_yields_a_dirty_sandbox() {
     let lease = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    let id = lease.container_id.clone();
+    let id = lease.lease_ref();
 
     // tmpfs pages are charged to the sandbox's memory and cannot be reclaimed without swap:
     // 48 + 48 + 48 + 64 MiB of tmpfs against a 64 MiB limit.
@@ -1410,10 +1422,10 @@ async fn filling_tmpfs_past_the_memory_limit_never_yields_a_dirty_sandbox() {
         "inspect",
         "--format",
         "{{.State.Running}} {{.State.OOMKilled}}",
-        &id,
+        &id.container_id,
     ]);
     let procs = std::process::Command::new("docker")
-        .args(["top", &id])
+        .args(["top", &id.container_id])
         .output()
         .map(|o| text(&o.stdout) + &text(&o.stderr))
         .unwrap_or_default();
@@ -1427,20 +1439,20 @@ async fn filling_tmpfs_past_the_memory_limit_never_yields_a_dirty_sandbox() {
             let next = within(30, "acquire", pool.acquire())
                 .await
                 .expect("acquire");
-            if next.container_id == id {
+            if next.container_id == id.container_id {
                 let out = run_sh(&pool, &id, "ls -A /workspace /tmp /home/sandbox /dev/shm").await;
                 assert!(!text(&out.stdout).contains("fill"), "{out:?}");
             }
-            assert_eq!(verify(&pool, &next.container_id).await, Verdict::Clean);
+            assert_eq!(verify(&pool, &next.lease_ref()).await, Verdict::Clean);
         }
         RecycleOutcome::Destroyed(reason) => {
             eprintln!("destroyed: {reason}");
-            wait_removed(&instance, &id, 10).await;
+            wait_removed(&instance, &id.container_id, 10).await;
             let next = within(30, "acquire", pool.acquire())
                 .await
                 .expect("acquire");
-            assert_ne!(next.container_id, id);
-            assert_eq!(verify(&pool, &next.container_id).await, Verdict::Clean);
+            assert_ne!(next.container_id, id.container_id);
+            assert_eq!(verify(&pool, &next.lease_ref()).await, Verdict::Clean);
         }
     }
     shutdown_leaves_nothing(&pool, &instance).await;
@@ -1459,9 +1471,9 @@ async fn a_supervisor_that_dies_or_hangs_makes_its_container_dead() {
     let first = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    let a = first.container_id.clone();
+    let a = first.lease_ref();
     let sup = supervisor_pid(&pool, &a).await;
-    docker_root_unchecked(&a, &format!("kill -9 {sup}"));
+    docker_root_unchecked(&a.container_id, &format!("kill -9 {sup}"));
     within(10, "lease lost", async {
         while !pool.lost_leases().contains(&a) {
             lost.changed().await.expect("the pool is alive");
@@ -1470,7 +1482,7 @@ async fn a_supervisor_that_dies_or_hangs_makes_its_container_dead() {
     .await;
     let running = within(20, "container stops", async {
         loop {
-            let r = docker(&["inspect", "--format", "{{.State.Running}}", &a]);
+            let r = docker(&["inspect", "--format", "{{.State.Running}}", &a.container_id]);
             if r == "false" {
                 return r;
             }
@@ -1493,17 +1505,17 @@ async fn a_supervisor_that_dies_or_hangs_makes_its_container_dead() {
         RecycleOutcome::Destroyed(_) => {}
         other => panic!("a dead sandbox was recycled: {other:?}"),
     }
-    wait_removed(&instance, &a, 10).await;
+    wait_removed(&instance, &a.container_id, 10).await;
 
     // (b) Hung: a stopped supervisor cannot answer the scrub within its bound.
     let second = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    let b = second.container_id.clone();
+    let b = second.lease_ref();
     assert_ne!(b, a);
     assert_eq!(verify(&pool, &b).await, Verdict::Clean);
     let sup = supervisor_pid(&pool, &b).await;
-    docker_root(&b, &format!("kill -STOP {sup}"));
+    docker_root(&b.container_id, &format!("kill -STOP {sup}"));
     let started = Instant::now();
     match recycle(&pool, &b).await {
         RecycleOutcome::Destroyed(reason) => {
@@ -1516,17 +1528,17 @@ async fn a_supervisor_that_dies_or_hangs_makes_its_container_dead() {
         "the release took {:?}",
         started.elapsed()
     );
-    wait_removed(&instance, &b, 10).await;
+    wait_removed(&instance, &b.container_id, 10).await;
 
     // The pool refills; the next lease is another, clean container.
     let third = within(60, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    assert!(third.container_id != a && third.container_id != b);
-    assert_eq!(verify(&pool, &third.container_id).await, Verdict::Clean);
-    ping(&pool, &third.container_id).await.expect("ping");
+    assert!(third.container_id != a.container_id && third.container_id != b.container_id);
+    assert_eq!(verify(&pool, &third.lease_ref()).await, Verdict::Clean);
+    ping(&pool, &third.lease_ref()).await.expect("ping");
     assert_eq!(
-        recycle(&pool, &third.container_id).await,
+        recycle(&pool, &third.lease_ref()).await,
         RecycleOutcome::Recycled
     );
     shutdown_leaves_nothing(&pool, &instance).await;
@@ -1548,7 +1560,7 @@ async fn a_session_cycle_makes_no_docker_call() {
     );
     for l in [&a, &b] {
         assert_eq!(
-            recycle(&pool, &l.container_id).await,
+            recycle(&pool, &l.lease_ref()).await,
             RecycleOutcome::Recycled
         );
     }
@@ -1559,7 +1571,7 @@ async fn a_session_cycle_makes_no_docker_call() {
     let lease = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    let id = lease.container_id.clone();
+    let id = lease.lease_ref();
     let out = run_sh(&pool, &id, "echo hi; echo err >&2").await;
     assert_eq!(text(&out.stdout), "hi\n");
     file::<Written>(&pool, &id, write_req("/workspace/n.txt"), b"note")
@@ -1615,8 +1627,8 @@ async fn the_scrub_does_not_follow_tenant_symlinks_out_of_the_writable_paths() {
     let lease = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    let id = lease.container_id.clone();
-    let dev_before = docker_root(&id, DEV_VIEW);
+    let id = lease.lease_ref();
+    let dev_before = docker_root(&id.container_id, DEV_VIEW);
 
     let out = run_sh(&pool, &id, BOOBY_TRAPS).await;
     assert_eq!(out.exit_code, Some(0), "{out:?}");
@@ -1625,7 +1637,7 @@ async fn the_scrub_does_not_follow_tenant_symlinks_out_of_the_writable_paths() {
     let next = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    assert_eq!(next.container_id, id);
+    assert_eq!(next.container_id, id.container_id);
     let out = run_sh(
         &pool,
         &id,
@@ -1642,7 +1654,7 @@ async fn the_scrub_does_not_follow_tenant_symlinks_out_of_the_writable_paths() {
         seen.contains("755 1000\n1777 1000\n755 1000\n1777 0"),
         "modes and owners restored:\n{seen}"
     );
-    let dev_after = docker_root(&id, DEV_VIEW);
+    let dev_after = docker_root(&id.container_id, DEV_VIEW);
     assert_eq!(dev_before, dev_after, "/dev changed under the scrub");
     assert_eq!(verify(&pool, &id).await, Verdict::Clean);
     shutdown_leaves_nothing(&pool, &instance).await;
@@ -1654,7 +1666,7 @@ const TENANT_ROOTS: [&str; 3] = ["/workspace", "/tmp", "/home/sandbox"];
 /// Uploads the xattr tool into `/workspace` and runs it as the tenant with `mode` (it unlinks
 /// itself first); returns its lines.
 #[cfg(target_arch = "x86_64")]
-async fn xattr_tool(pool: &ContainerPool, id: &str, tool: &str, mode: &str) -> String {
+async fn xattr_tool(pool: &ContainerPool, id: &LeaseRef, tool: &str, mode: &str) -> String {
     let script = format!(
         "echo {tool} | base64 -d > /workspace/xa && chmod +x /workspace/xa && /workspace/xa {mode}"
     );
@@ -1665,7 +1677,7 @@ async fn xattr_tool(pool: &ContainerPool, id: &str, tool: &str, mode: &str) -> S
 
 /// `<root> <mode> <owner uid> <atime> <mtime>` for each tenant root, as the tenant sees them.
 /// `stat` reads no directory, so it moves no atime.
-async fn root_times(pool: &ContainerPool, id: &str) -> String {
+async fn root_times(pool: &ContainerPool, id: &LeaseRef) -> String {
     let out = run_sh(
         pool,
         id,
@@ -1690,7 +1702,7 @@ async fn the_scrub_removes_xattrs_acls_and_times_from_the_tenant_roots() {
     let lease = within(30, "acquire", pool.acquire())
         .await
         .expect("acquire");
-    let id = lease.container_id.clone();
+    let id = lease.lease_ref();
     let tool = xattr_tool_base64();
 
     let marked = xattr_tool(&pool, &id, &tool, "set").await;
@@ -1772,7 +1784,7 @@ async fn the_scrub_removes_xattrs_acls_and_times_from_the_tenant_roots() {
         .await
         .expect("acquire");
     assert_eq!(
-        next.container_id, id,
+        next.container_id, id.container_id,
         "one container: the same one comes back"
     );
 

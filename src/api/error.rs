@@ -15,6 +15,9 @@ pub enum ErrorCode {
     SessionExpired,
     Unauthorized,
     TooManySessions,
+    /// The session's sandbox is held under a newer lease (another replica or connection took
+    /// it over): this connection must resume to go on.
+    Fenced,
     Internal,
 }
 
@@ -31,12 +34,13 @@ impl ErrorCode {
             ErrorCode::SessionExpired => "session_expired",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TooManySessions => "too_many_sessions",
+            ErrorCode::Fenced => "fenced",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::TooManyRequests,
@@ -47,6 +51,7 @@ impl ErrorCode {
         ErrorCode::SessionExpired,
         ErrorCode::Unauthorized,
         ErrorCode::TooManySessions,
+        ErrorCode::Fenced,
         ErrorCode::Internal,
     ];
 }
@@ -80,6 +85,10 @@ impl From<&PoolError> for ApiError {
             Failure::NotLeased => {
                 Self::new(ErrorCode::SessionExpired, "the session's sandbox is gone")
             }
+            Failure::Stale => Self::new(
+                ErrorCode::Fenced,
+                "the session's sandbox is held under a newer lease (the session moved); resume it",
+            ),
             Failure::DockerOverloaded => Self::new(
                 ErrorCode::Overloaded,
                 "the docker gate is overloaded; retry shortly",
@@ -137,6 +146,16 @@ impl From<&SessionError> for ApiError {
             SessionError::Random(_) => {
                 Self::new(ErrorCode::Internal, "cannot create a resume token")
             }
+            SessionError::SelfFenced(_) => Self::new(
+                ErrorCode::Unavailable,
+                format!("{e}; reconnect to resume the session on a replica that serves"),
+            ),
+            SessionError::NotHere(_) => Self::new(
+                ErrorCode::Fenced,
+                "this replica no longer serves the session (it moved); resume it",
+            ),
+            SessionError::Busy { .. } => Self::new(ErrorCode::TooManyRequests, e.to_string()),
+            SessionError::InstanceInUse { .. } => Self::new(ErrorCode::Internal, e.to_string()),
         }
     }
 }

@@ -2,20 +2,27 @@
 //! kept for its live session, scrubbed into the idle set, or removed), and the sandboxes of
 //! a stopped instance whose sessions this one takes over.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 
 use super::state::{Leftover, Sandbox};
-use super::{ContainerPool, PoolError, Verdict};
+use super::{ContainerPool, LeaseRef, PoolError, Verdict};
+
+/// How long a supervisor has to answer a takeover's claim.
+const SUPERVISOR_CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ContainerPool {
-    /// Takes in what an earlier run of this instance left. Containers in `keep_leased` hold
-    /// live sessions: leased again, untouched. Running ones of the current image are scrubbed
-    /// and verified into the idle set; the rest are removed.
+    /// Takes in what an earlier run of this instance left. Containers of `keep_leased` hold
+    /// live sessions: leased again under those leases, untouched (whatever their label: a
+    /// session this instance had taken over from another keeps its sandbox too). Those in
+    /// `handed`, and those whose supervisor says another instance claimed them last, are
+    /// another instance's: left alone. Running ones of the current image are scrubbed and
+    /// verified into the idle set; the rest are removed.
     pub(super) async fn adopt_leftovers(
         &self,
-        keep_leased: &HashSet<String>,
+        keep_leased: &[LeaseRef],
         handed: &HashSet<String>,
     ) -> Result<(), PoolError> {
         let found = self
@@ -23,24 +30,30 @@ impl ContainerPool {
             .gate
             .list_sandboxes(&self.inner.instance_id)
             .await?;
-        if found.is_empty() {
-            return Ok(());
+        let keep: HashMap<&str, u64> = keep_leased
+            .iter()
+            .map(|l| (l.container_id.as_str(), l.fence))
+            .collect();
+        if !found.is_empty() {
+            tracing::info!(
+                count = found.len(),
+                "found containers of this instance from an earlier run"
+            );
         }
-        tracing::info!(
-            count = found.len(),
-            "found containers of this instance from an earlier run"
-        );
         let mut to_scrub = Vec::new();
         let mut kept = Vec::new();
         let mut removed = Vec::new();
+        let mut labeled = HashSet::new();
         {
             let mut s = self.state();
             for info in found {
+                labeled.insert(info.id.clone());
                 if handed.contains(&info.id) {
                     // Another instance serves its session now.
                     s.note_handed_over(&info.id);
                     continue;
                 }
+                let fence = keep.get(info.id.as_str()).copied();
                 let sandbox = Sandbox {
                     id: info.id.clone(),
                     name: info.name.clone(),
@@ -48,11 +61,11 @@ impl ContainerPool {
                     uses: 0,
                     dead: !info.running,
                     foreign: false,
+                    fence: fence.unwrap_or_else(|| s.mint_fence()),
                     link: None,
                 };
-                let keep = keep_leased.contains(&info.id);
                 let reusable = info.running && info.image == self.inner.image;
-                match s.take_leftover(sandbox, keep, reusable) {
+                match s.take_leftover(sandbox, fence.is_some(), reusable) {
                     Leftover::Kept if info.running => kept.push(info.id),
                     Leftover::Kept => {}
                     Leftover::Scrub => to_scrub.push(info),
@@ -64,10 +77,16 @@ impl ContainerPool {
             self.spawn_destroy(id);
         }
         // Sessions' containers get their link back untouched; a supervisor that does not
-        // answer makes its container dead (the session sees it lost).
+        // answer makes its container dead (the session sees it lost). One that another
+        // instance claimed since is that instance's.
         join_all(kept.into_iter().map(|id| async move {
-            let link = match self.connect(&id).await {
-                Ok(link) => Some(link),
+            let link = match self.connect_and_ask(&id).await {
+                Ok((_, pong)) if self.claimed_by_another(&pong) => {
+                    tracing::warn!(container_id = %id, "a kept sandbox was claimed by another instance; leaving it alone");
+                    self.state().leave_alone(&id);
+                    return;
+                }
+                Ok((link, _)) => Some(link),
                 Err(error) => {
                     tracing::warn!(container_id = %id, %error, "a kept sandbox's supervisor does not answer");
                     None
@@ -76,7 +95,18 @@ impl ContainerPool {
             self.state().reconnected(&id, link);
         }))
         .await;
+        // Sessions this instance had taken over from others: their sandboxes carry another
+        // label, and are adopted as they were at the takeover.
+        for lease in keep_leased
+            .iter()
+            .filter(|l| !labeled.contains(&l.container_id))
+        {
+            if let Err(error) = self.adopt(&lease.container_id, lease.fence, false).await {
+                tracing::warn!(%lease, %error, "a taken-over sandbox of a live session is gone");
+            }
+        }
         let results = join_all(to_scrub.into_iter().map(|info| async move {
+            let fence = self.state().mint_fence();
             let mut sandbox = Sandbox {
                 id: info.id,
                 name: info.name,
@@ -84,20 +114,31 @@ impl ContainerPool {
                 uses: 0,
                 dead: false,
                 foreign: false,
+                fence,
                 link: None,
             };
-            let verdict = match self.connect(&sandbox.id).await {
-                Ok(link) => {
+            let verdict = match self.connect_and_ask(&sandbox.id).await {
+                Ok((_, pong)) if self.claimed_by_another(&pong) => {
+                    return (sandbox, None);
+                }
+                Ok((link, _)) => {
                     sandbox.link = Some(link);
                     self.scrub(&sandbox).await
                 }
                 Err(e) => Err(e),
             };
-            (sandbox, verdict)
+            (sandbox, Some(verdict))
         }))
         .await;
         let mut adopted = 0;
         for (sandbox, verdict) in results {
+            let Some(verdict) = verdict else {
+                // Labeled with this instance, but its supervisor serves another holder now
+                // (a takeover the store forgot): not this pool's to scrub or remove.
+                tracing::warn!(container_id = %sandbox.id, "a left-over sandbox was claimed by another instance; leaving it alone");
+                self.state().leave_alone(&sandbox.id);
+                continue;
+            };
             let clean = matches!(verdict, Ok(Verdict::Clean));
             let reason = (!clean).then(|| format!("{verdict:?}"));
             let id = sandbox.id.clone();
@@ -113,11 +154,44 @@ impl ContainerPool {
         Ok(())
     }
 
-    /// Takes a running sandbox of another (stopped) instance into this pool as leased, for a
-    /// session taken over from it. Its release destroys it.
-    pub async fn adopt_leased(&self, container_id: &str) -> Result<(), PoolError> {
-        if self.is_leased(container_id) {
-            return Ok(());
+    /// Takes a running sandbox of another instance into this pool as leased, for a session
+    /// taken over from it, under `fence` (minted by [`ContainerPool::mint_fence`] after the
+    /// store's new epoch, and written to the session record): the sandbox's supervisor is
+    /// claimed under it at once, so the previous holder is fenced out before this one's first
+    /// command. Its release destroys it.
+    pub async fn take_over(&self, container_id: &str, fence: u64) -> Result<LeaseRef, PoolError> {
+        self.adopt(container_id, fence, true).await
+    }
+
+    /// A fresh fencing token for a takeover (call [`ContainerPool::advance_epoch`] with a new
+    /// epoch from the store first, so that it is larger than the previous holder's).
+    pub fn mint_fence(&self) -> u64 {
+        self.state().mint_fence()
+    }
+
+    async fn adopt(
+        &self,
+        container_id: &str,
+        fence: u64,
+        claim: bool,
+    ) -> Result<LeaseRef, PoolError> {
+        let lease = LeaseRef {
+            container_id: container_id.to_string(),
+            fence,
+        };
+        let held = self.state().lease_of(container_id);
+        if let Some(held) = held {
+            // Already held here (a retried resume): under the newest of the two leases.
+            if held.fence >= fence {
+                return Ok(held);
+            }
+            let link = self.state().refence(container_id, fence);
+            if let Some(link) = link {
+                if claim {
+                    link.claim(fence, SUPERVISOR_CLAIM_TIMEOUT).await?;
+                }
+                return Ok(lease);
+            }
         }
         let info = self
             .inner
@@ -127,6 +201,9 @@ impl ContainerPool {
             .filter(|i| i.running && i.is_sandbox)
             .ok_or_else(|| PoolError::NotLeased(container_id.to_string()))?;
         let link = self.connect(&info.id).await?;
+        if claim {
+            link.claim(fence, SUPERVISOR_CLAIM_TIMEOUT).await?;
+        }
         self.state().adopt_leased(Sandbox {
             name: info.name,
             id: info.id,
@@ -134,8 +211,10 @@ impl ContainerPool {
             uses: 1,
             dead: false,
             foreign: true,
+            fence,
             link: Some(link),
-        })
+        })?;
+        Ok(lease)
     }
 
     /// Removes a sandbox that belongs to no pool any more (its instance stopped), after

@@ -12,10 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::state::Take;
-use super::supervisor::SupervisorLink;
+use super::supervisor::{SupervisorError, SupervisorLink};
 use super::{
-    CommandOutput, CommandSpec, ContainerPool, FileRequest, Lease, OutputChunk, Place, PoolError,
-    RecycleOutcome, Verdict, scrub,
+    CommandOutput, CommandSpec, ContainerPool, FileRequest, Lease, LeaseRef, OutputChunk, Place,
+    PoolError, RecycleOutcome, Verdict, scrub,
 };
 use crate::docker::BreakerState;
 
@@ -154,11 +154,14 @@ impl ContainerPool {
     /// Gives a leased container back. It is scrubbed and verified before it is idle again,
     /// or destroyed (and replaced by the refill task). The returned receiver says which, once
     /// it is done; dropping it is fine.
+    ///
+    /// Refused (`Stale`) when `lease` is not the container's current lease: a stale record
+    /// cannot release a sandbox someone else holds now.
     pub fn release(
         &self,
-        container_id: &str,
+        lease: &LeaseRef,
     ) -> Result<oneshot::Receiver<RecycleOutcome>, PoolError> {
-        let sandbox = self.state().begin_release(container_id)?;
+        let sandbox = self.state().begin_release(lease)?;
         let (tx, rx) = oneshot::channel();
         let pool = self.clone();
         self.inner.tasks.spawn(async move {
@@ -172,14 +175,14 @@ impl ContainerPool {
     /// pool untouched (no scrub, no removal), its link is closed so that only the new holder
     /// speaks to its supervisor, and its place is free again. Reconcile and shutdown leave it
     /// alone although it carries this instance's label.
-    pub fn hand_over(&self, container_id: &str) -> bool {
-        let Some(sandbox) = self.state().hand_over(container_id) else {
+    pub fn hand_over(&self, lease: &LeaseRef) -> bool {
+        let Ok(sandbox) = self.state().hand_over(lease) else {
             return false;
         };
         if let Some(link) = &sandbox.link {
             link.close();
         }
-        tracing::info!(%container_id, "sandbox handed over to the instance that took its session");
+        tracing::info!(%lease, "sandbox handed over to the instance that took its session");
         self.inner.refill.notify_one();
         true
     }
@@ -192,18 +195,35 @@ impl ContainerPool {
     /// The supervisor link of a leased container, counted as one call in flight until the
     /// returned guard goes. Refused for a container that is not leased, so that nothing can
     /// run in a container that is being scrubbed or is idle.
+    ///
+    /// A supervisor that answers `fenced` (a newer generation has been served: another
+    /// holder took the sandbox) makes the pool let go of it at once, untouched, as after a
+    /// hand-over: it is not this pool's to scrub or remove.
     fn leased_link(
         &self,
-        container_id: &str,
+        lease: &LeaseRef,
     ) -> Result<(Arc<SupervisorLink>, InFlight<'_>), PoolError> {
-        let link = self.state().begin_call(container_id)?;
+        let link = self.state().begin_call(lease)?;
         Ok((
             link,
             InFlight {
                 pool: self,
-                container_id: container_id.to_string(),
+                container_id: lease.container_id.clone(),
             },
         ))
+    }
+
+    /// What a call's result means for the lease: a `fenced` answer gives the sandbox up.
+    fn fenced<T>(
+        &self,
+        lease: &LeaseRef,
+        result: Result<T, SupervisorError>,
+    ) -> Result<T, PoolError> {
+        if let Err(SupervisorError::Fenced(why)) = &result {
+            tracing::warn!(%lease, why, "the sandbox's supervisor serves a newer holder; letting it go");
+            self.hand_over(lease);
+        }
+        Ok(result?)
     }
 
     /// Runs a command as the tenant in a leased container, through its supervisor: no Docker
@@ -211,49 +231,57 @@ impl ContainerPool {
     /// Dropping the future kills the command's process tree.
     pub async fn run(
         &self,
-        container_id: &str,
+        lease: &LeaseRef,
         spec: &CommandSpec,
         sink: Option<&mpsc::Sender<OutputChunk>>,
     ) -> Result<CommandOutput, PoolError> {
-        let (link, _in_flight) = self.leased_link(container_id)?;
-        Ok(link.run(spec, sink).await?)
+        let (link, in_flight) = self.leased_link(lease)?;
+        let result = link.run(lease.fence, spec, sink).await;
+        drop(in_flight);
+        self.fenced(lease, result)
     }
 
     /// A file operation as the tenant in a leased container, through its supervisor: the
     /// reply's head as `T` and its body (file contents for a read).
     pub async fn file<T: serde::de::DeserializeOwned>(
         &self,
-        container_id: &str,
+        lease: &LeaseRef,
         request: &FileRequest,
         body: Vec<u8>,
     ) -> Result<(T, Vec<u8>), PoolError> {
-        let (link, _in_flight) = self.leased_link(container_id)?;
-        Ok(link
+        let (link, in_flight) = self.leased_link(lease)?;
+        let result = link
             .call(
+                lease.fence,
                 sandpool_supervisor::proto::Kind::File,
                 request,
                 body,
                 FILE_OP_TIMEOUT,
             )
-            .await?)
+            .await;
+        drop(in_flight);
+        self.fenced(lease, result)
     }
 
     /// Runs only the verification pass of the scrub in a container (idle or leased), as a
     /// check from outside: what the next session would find. No Docker call.
     pub async fn verify(&self, container_id: &str) -> Result<Verdict, PoolError> {
-        let link = self
+        let (link, generation) = self
             .state()
             .link_of(container_id)
             .ok_or_else(|| PoolError::NotLeased(container_id.to_string()))?;
-        Ok(scrub::verify(&link, self.inner.config.scrub_timeout).await?)
+        Ok(scrub::verify(&link, generation, self.inner.config.scrub_timeout).await?)
     }
 
     /// Asks a leased container's supervisor whether it is there (a health check; the pool
-    /// does not need it, since a dead link is noticed at once).
-    pub async fn ping(&self, container_id: &str) -> Result<(), PoolError> {
-        let (link, _in_flight) = self.leased_link(container_id)?;
-        link.ping(PING_TIMEOUT).await?;
-        Ok(())
+    /// does not need it, since a dead link is noticed at once): the generation it serves and
+    /// who holds it.
+    pub async fn ping(
+        &self,
+        lease: &LeaseRef,
+    ) -> Result<sandpool_supervisor::proto::Pong, PoolError> {
+        let (link, _in_flight) = self.leased_link(lease)?;
+        Ok(link.ping(PING_TIMEOUT).await?)
     }
 }
 

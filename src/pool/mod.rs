@@ -46,6 +46,7 @@ use crate::docker::{BreakerState, DockerError, DockerGate, GateStatus};
 pub use queue::Place;
 pub use recycle::wait_recycled;
 pub use sandpool_supervisor::proto::FileRequest;
+pub use sandpool_supervisor::proto::Pong;
 pub use scrub::Verdict;
 pub use supervisor::{CommandOutput, CommandSpec, OutputChunk, OutputStream, SupervisorError};
 
@@ -66,6 +67,10 @@ pub enum PoolError {
     /// The container is not leased (never was, or already released).
     #[error("container {0} is not leased")]
     NotLeased(String),
+    /// The lease named is not the container's current one: the container was released and
+    /// leased again, or taken over by another holder. A stale holder must not touch it.
+    #[error("lease {lease} is stale: the sandbox is no longer held under it")]
+    Stale { lease: LeaseRef },
     /// Creating a container for this caller failed.
     #[error("creating a sandbox failed: {0}")]
     Create(#[source] DockerError),
@@ -95,6 +100,9 @@ impl PoolError {
             PoolError::QueueFull { .. } => Failure::QueueFull,
             PoolError::Closed => Failure::Closed,
             PoolError::NotLeased(_) => Failure::NotLeased,
+            PoolError::Stale { .. } | PoolError::Supervisor(SupervisorError::Fenced(_)) => {
+                Failure::Stale
+            }
             PoolError::Create(d) | PoolError::Docker(d) => match d {
                 DockerError::Overloaded { .. } => Failure::DockerOverloaded,
                 DockerError::Unavailable => Failure::DockerUnavailable,
@@ -120,6 +128,8 @@ pub enum Failure {
     Closed,
     /// The container is not leased (any more).
     NotLeased,
+    /// The lease is stale: another holder has the sandbox now (fenced).
+    Stale,
     /// The Docker gate refused the call: too many callers wait.
     DockerOverloaded,
     /// Docker's circuit breaker is open.
@@ -132,15 +142,66 @@ pub enum Failure {
     SandboxDied,
 }
 
+/// Names a held sandbox across a boundary: which container, and under which lease. The
+/// `fence` is a fencing token that is never reused, and a later holder of the same container
+/// always holds a larger one (see ARCHITECTURE.md, "Ownership and fencing"). Every operation
+/// on a leased sandbox names one; the pool refuses a stale one, and the sandbox's supervisor
+/// refuses requests of an older generation than the newest it has served.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseRef {
+    pub container_id: String,
+    pub fence: u64,
+}
+
+impl std::fmt::Display for LeaseRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short: String = self.container_id.chars().take(12).collect();
+        write!(f, "{short}#{:x}", self.fence)
+    }
+}
+
+/// The first fencing token of `epoch`: tokens are `epoch << 32 | n`, and epochs come from the
+/// session store (a counter every replica shares, never below the clock in seconds), so a
+/// later epoch's tokens are larger than any earlier one's.
+pub fn epoch_base(epoch: u64) -> u64 {
+    epoch << 32
+}
+
 /// A leased sandbox.
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub container_id: String,
+    /// This lease's fencing token (see [`LeaseRef`]).
+    pub fence: u64,
     pub container_name: String,
     /// How many leases this container has served, this one included.
     pub uses: u32,
     /// How long `acquire` took.
     pub waited: Duration,
+}
+
+impl Lease {
+    /// The name of this lease for operations on its sandbox.
+    pub fn lease_ref(&self) -> LeaseRef {
+        LeaseRef {
+            container_id: self.container_id.clone(),
+            fence: self.fence,
+        }
+    }
+}
+
+/// How a pool starts: what the session store says about the containers it may find, and
+/// where its fencing tokens begin.
+#[derive(Debug, Clone, Default)]
+pub struct Startup {
+    /// Leases of live sessions this instance holds (a restart after a crash): their
+    /// containers are adopted as leased under these leases, untouched, whatever their label.
+    pub keep_leased: Vec<LeaseRef>,
+    /// Containers labeled with this instance that another instance serves now (handed over
+    /// or taken over, as the store or the sandbox's own supervisor says): left alone.
+    pub handed: HashSet<String>,
+    /// This incarnation's epoch (from the store); 0: the clock in seconds (no shared store).
+    pub epoch: u64,
 }
 
 /// What happened to a released container.
@@ -204,6 +265,9 @@ struct Inner {
     config: PoolConfig,
     image: String,
     instance_id: String,
+    /// `proto::holder_of(instance_id)`: sent with every supervisor request, so a sandbox can
+    /// say which instance holds its newest generation.
+    holder: u64,
     /// Every container's place; changed only through `State`'s transitions.
     state: Mutex<State>,
     /// Woken when the refill task should look again (a lease, a removal, a hand-over).
@@ -234,34 +298,33 @@ fn now_unix() -> i64 {
 impl ContainerPool {
     /// Creates the pool, reconciles with what Docker has for this instance (containers an
     /// earlier run left behind are scrubbed and adopted, or removed), and starts the
-    /// background tasks that pre-warm and refill it. Containers in `keep_leased` are adopted
-    /// as leased, untouched: a session store knows they belong to live sessions.
+    /// background tasks that pre-warm and refill it. `startup` says which containers belong
+    /// to live sessions (adopted as leased, untouched) and which another instance serves
+    /// (left alone), and where the fencing tokens begin.
     pub async fn start(
         gate: Arc<DockerGate>,
         config: &Config,
         observer: Arc<dyn PoolObserver>,
-        keep_leased: &HashSet<String>,
-    ) -> Result<Self, PoolError> {
-        Self::start_leaving(gate, config, observer, keep_leased, &HashSet::new()).await
-    }
-
-    /// `start`, leaving alone the containers in `handed`: this instance gave them to another
-    /// with their sessions (they carry its label but are not its own).
-    pub async fn start_leaving(
-        gate: Arc<DockerGate>,
-        config: &Config,
-        observer: Arc<dyn PoolObserver>,
-        keep_leased: &HashSet<String>,
-        handed: &HashSet<String>,
+        startup: Startup,
     ) -> Result<Self, PoolError> {
         let c = &config.pool;
+        let epoch = match startup.epoch {
+            0 => now_unix().max(1) as u64,
+            epoch => epoch,
+        };
         let pool = Self {
             inner: Arc::new(Inner {
                 gate,
                 config: c.clone(),
                 image: config.image.image.clone(),
                 instance_id: config.instance_id.clone(),
-                state: Mutex::new(State::new(c.max, c.min_idle, c.idle_cap())),
+                holder: sandpool_supervisor::proto::holder_of(&config.instance_id),
+                state: Mutex::new(State::new(
+                    c.max,
+                    c.min_idle,
+                    c.idle_cap(),
+                    epoch_base(epoch),
+                )),
                 refill: Notify::new(),
                 call_done: Notify::new(),
                 observer,
@@ -269,7 +332,8 @@ impl ContainerPool {
                 tasks: TaskTracker::new(),
             }),
         };
-        pool.adopt_leftovers(keep_leased, handed).await?;
+        pool.adopt_leftovers(&startup.keep_leased, &startup.handed)
+            .await?;
         let p = pool.clone();
         pool.inner.tasks.spawn(async move { p.refill_loop().await });
         let p = pool.clone();
@@ -301,9 +365,21 @@ impl ContainerPool {
         self.state().watch_lost()
     }
 
-    /// Leased containers that died and are not released yet.
-    pub fn lost_leases(&self) -> Vec<String> {
+    /// Leases whose container died and that are not released yet.
+    pub fn lost_leases(&self) -> Vec<LeaseRef> {
         self.state().lost_leases()
+    }
+
+    /// Moves the fencing tokens on to a new epoch from the store (taken before a takeover,
+    /// and when this epoch's tokens run low), so that the next ones are larger than any token
+    /// minted under an earlier epoch by any instance.
+    pub fn advance_epoch(&self, epoch: u64) {
+        self.state().advance_fences(epoch_base(epoch));
+    }
+
+    /// How many fencing tokens this epoch has minted (a new epoch is due past 2^31).
+    pub fn fences_minted(&self) -> u64 {
+        self.state().fences_minted()
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -343,6 +419,16 @@ impl ContainerPool {
             return Err("no idle sandbox yet");
         }
         Ok(())
+    }
+
+    /// The instance id this pool labels its containers with.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// The current lease of a leased container (the session layer names it in its records).
+    pub fn lease_of(&self, container_id: &str) -> Option<LeaseRef> {
+        self.state().lease_of(container_id)
     }
 
     /// Whether `container_id` was handed over to another instance with its session.

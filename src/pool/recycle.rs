@@ -64,7 +64,7 @@ impl ContainerPool {
             .link
             .as_ref()
             .ok_or_else(|| SupervisorError::Lost("never connected".into()))?;
-        let verdict = scrub::scrub(link, self.inner.config.scrub_timeout).await?;
+        let verdict = scrub::scrub(link, sandbox.fence, self.inner.config.scrub_timeout).await?;
         if verdict != Verdict::Clean {
             // A container that is not clean is never trusted again, its supervisor included.
             link.kill("dirty after scrub");
@@ -76,7 +76,7 @@ impl ContainerPool {
     /// have ended, so that nothing started for the session runs after its scrub.
     async fn stop_commands(&self, sandbox: &Sandbox) -> bool {
         if let Some(link) = &sandbox.link {
-            link.kill_all();
+            link.kill_all(sandbox.fence);
         }
         let deadline = Instant::now() + self.inner.config.scrub_timeout;
         loop {

@@ -40,29 +40,33 @@ pub(crate) fn request() -> ScrubRequest {
     }
 }
 
-/// Scrubs through `link` and judges the report.
+/// Scrubs through `link` under `generation` (newer than the released lease's, so that the
+/// supervisor fences that lease out) and judges the report.
 pub(crate) async fn scrub(
     link: &SupervisorLink,
+    generation: u64,
     within: Duration,
 ) -> Result<Verdict, SupervisorError> {
-    ask(link, Kind::Scrub, within).await
+    ask(link, generation, Kind::Scrub, within).await
 }
 
 /// Only the verification pass, for checks from outside (tests, diagnostics).
 pub(crate) async fn verify(
     link: &SupervisorLink,
+    generation: u64,
     within: Duration,
 ) -> Result<Verdict, SupervisorError> {
-    ask(link, Kind::Verify, within).await
+    ask(link, generation, Kind::Verify, within).await
 }
 
 async fn ask(
     link: &SupervisorLink,
+    generation: u64,
     kind: Kind,
     within: Duration,
 ) -> Result<Verdict, SupervisorError> {
     let (report, _) = link
-        .call::<Report>(kind, &request(), Vec::new(), within)
+        .call::<Report>(generation, kind, &request(), Vec::new(), within)
         .await?;
     Ok(judge(&report))
 }

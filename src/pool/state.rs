@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::queue::{Demand, Place, Waiter};
 use super::supervisor::{SupervisorError, SupervisorLink};
-use super::{Lease, PoolError};
+use super::{Lease, LeaseRef, PoolError};
 
 /// One container the pool holds.
 #[derive(Debug)]
@@ -36,6 +36,9 @@ pub(super) struct Sandbox {
     /// Adopted from another (stopped) instance with a session it held: labeled for that
     /// instance, so it is destroyed on release rather than kept in this pool.
     pub foreign: bool,
+    /// The newest generation this pool has used with its supervisor: the current lease's
+    /// fencing token while leased, that token + 1 for the scrub after it.
+    pub fence: u64,
     /// The link to its supervisor: every command, file operation and scrub goes through it.
     /// `None` only while a left-over is being reconnected, or for a leased container whose
     /// supervisor could not be reached (then it is also `dead`).
@@ -104,10 +107,13 @@ pub(super) struct State {
     /// Bumped whenever a leased container dies: holders wait on it, then read which leases
     /// are lost. A state, not a stream of events, so that a slow holder cannot miss one.
     lost: watch::Sender<u64>,
+    /// The next fencing token to mint, and the first of the current epoch.
+    next_fence: u64,
+    epoch_base: u64,
 }
 
 impl State {
-    pub fn new(max: usize, min_idle: usize, idle_cap: usize) -> Self {
+    pub fn new(max: usize, min_idle: usize, idle_cap: usize, first_fence: u64) -> Self {
         Self {
             idle: VecDeque::new(),
             leased: HashMap::new(),
@@ -126,6 +132,8 @@ impl State {
             idle_cap,
             idle_count: watch::channel(0).0,
             lost: watch::channel(0).0,
+            next_fence: first_fence,
+            epoch_base: first_fence,
         }
     }
 
@@ -160,13 +168,32 @@ impl State {
         self.lost.subscribe()
     }
 
-    /// Leased containers that died (or whose supervisor link did).
-    pub fn lost_leases(&self) -> Vec<String> {
+    /// Leases whose container died (or whose supervisor link did).
+    pub fn lost_leases(&self) -> Vec<LeaseRef> {
         self.leased
             .values()
             .filter(|sb| sb.dead || sb.link.as_ref().is_none_or(|link| link.is_dead()))
-            .map(|sb| sb.id.clone())
+            .map(|sb| LeaseRef {
+                container_id: sb.id.clone(),
+                fence: sb.fence,
+            })
             .collect()
+    }
+
+    /// Tokens minted in the current epoch.
+    pub fn fences_minted(&self) -> u64 {
+        self.next_fence - self.epoch_base
+    }
+
+    /// The leased sandbox `lease` names, if it is still held under that lease.
+    fn held(&self, lease: &LeaseRef) -> Result<&Sandbox, PoolError> {
+        match self.leased.get(&lease.container_id) {
+            Some(sb) if sb.fence == lease.fence => Ok(sb),
+            Some(_) => Err(PoolError::Stale {
+                lease: lease.clone(),
+            }),
+            None => Err(PoolError::NotLeased(lease.container_id.clone())),
+        }
     }
 
     pub fn counts(&mut self) -> Counts {
@@ -205,13 +232,21 @@ impl State {
         self.leased.contains_key(id)
     }
 
-    /// The supervisor link of an idle or leased container.
-    pub fn link_of(&self, id: &str) -> Option<Arc<SupervisorLink>> {
+    /// The current lease of leased `id`.
+    pub fn lease_of(&self, id: &str) -> Option<LeaseRef> {
+        self.leased.get(id).map(|sb| LeaseRef {
+            container_id: sb.id.clone(),
+            fence: sb.fence,
+        })
+    }
+
+    /// The supervisor link of an idle or leased container, and the generation to use on it.
+    pub fn link_of(&self, id: &str) -> Option<(Arc<SupervisorLink>, u64)> {
         self.idle
             .iter()
             .find(|sb| sb.id == id)
             .or_else(|| self.leased.get(id))
-            .and_then(|sb| sb.link.clone())
+            .and_then(|sb| Some((sb.link.clone()?, sb.fence)))
     }
 
     /// Supervisor calls in flight in `id`.
@@ -397,12 +432,15 @@ impl State {
         self.checked();
     }
 
-    /// A release: leased → scrubbing. The sandbox goes to the recycle.
-    pub fn begin_release(&mut self, id: &str) -> Result<Sandbox, PoolError> {
-        let sandbox = self
+    /// A release of `lease`: leased → scrubbing. The sandbox goes to the recycle, whose
+    /// scrub runs under the next generation (the released lease's commands are fenced out).
+    pub fn begin_release(&mut self, lease: &LeaseRef) -> Result<Sandbox, PoolError> {
+        self.held(lease)?;
+        let mut sandbox = self
             .leased
-            .remove(id)
-            .ok_or_else(|| PoolError::NotLeased(id.to_string()))?;
+            .remove(&lease.container_id)
+            .ok_or_else(|| PoolError::NotLeased(lease.container_id.clone()))?;
+        sandbox.fence += 1;
         self.scrubbing.insert(sandbox.id.clone());
         self.checked();
         Ok(sandbox)
@@ -428,16 +466,29 @@ impl State {
         destroyed
     }
 
-    /// Another instance took the session of leased `id`: it leaves the pool untouched and is
-    /// remembered as handed over.
-    pub fn hand_over(&mut self, id: &str) -> Option<Sandbox> {
-        let sandbox = self.leased.remove(id);
-        if sandbox.is_some() {
-            self.calls.remove(id);
-            self.handed_over.insert(id.to_string());
-        }
+    /// Another instance took the session of `lease`: the sandbox leaves the pool untouched
+    /// and is remembered as handed over.
+    pub fn hand_over(&mut self, lease: &LeaseRef) -> Result<Sandbox, PoolError> {
+        self.held(lease)?;
+        let id = &lease.container_id;
+        let sandbox = self
+            .leased
+            .remove(id)
+            .ok_or_else(|| PoolError::NotLeased(id.clone()))?;
+        self.calls.remove(id);
+        self.handed_over.insert(id.clone());
         self.checked();
-        sandbox
+        Ok(sandbox)
+    }
+
+    /// `id`, taken in at start, turns out to be served by another instance (its supervisor
+    /// says so): it leaves the pool untouched and is remembered as handed over.
+    pub fn leave_alone(&mut self, id: &str) {
+        self.leased.remove(id);
+        self.scrubbing.remove(id);
+        self.calls.remove(id);
+        self.handed_over.insert(id.to_string());
+        self.checked();
     }
 
     /// `id`, found at start, was handed over to another instance by an earlier run.
@@ -535,19 +586,40 @@ impl State {
         self.checked();
     }
 
-    /// A call into leased `id` starts: its link, counted until [`State::end_call`].
-    pub fn begin_call(&mut self, id: &str) -> Result<Arc<SupervisorLink>, PoolError> {
-        let sandbox = self
-            .leased
-            .get(id)
-            .ok_or_else(|| PoolError::NotLeased(id.to_string()))?;
+    /// A call under `lease` starts: its link, counted until [`State::end_call`]. Refused for
+    /// a stale lease.
+    pub fn begin_call(&mut self, lease: &LeaseRef) -> Result<Arc<SupervisorLink>, PoolError> {
+        let sandbox = self.held(lease)?;
         let link = match &sandbox.link {
             Some(link) if !sandbox.dead && !link.is_dead() => link.clone(),
             _ => return Err(SupervisorError::Lost("the sandbox died".into()).into()),
         };
-        *self.calls.entry(id.to_string()).or_insert(0) += 1;
+        *self.calls.entry(lease.container_id.clone()).or_insert(0) += 1;
         self.checked();
         Ok(link)
+    }
+
+    /// Leased `id` is held under the newer lease `fence` from now on (a session recorded
+    /// under it came back): its link, to claim the supervisor with.
+    pub fn refence(&mut self, id: &str, fence: u64) -> Option<Arc<SupervisorLink>> {
+        let sandbox = self.leased.get_mut(id).filter(|sb| sb.fence < fence)?;
+        sandbox.fence = fence;
+        sandbox.link.clone()
+    }
+
+    /// A fresh fencing token, larger than every one minted before by this pool.
+    pub fn mint_fence(&mut self) -> u64 {
+        let fence = self.next_fence;
+        self.next_fence += 1;
+        fence
+    }
+
+    /// The next tokens start at `base` (a new epoch's) unless they are past it already.
+    pub fn advance_fences(&mut self, base: u64) {
+        if base > self.next_fence {
+            self.next_fence = base;
+            self.epoch_base = base;
+        }
     }
 
     pub fn end_call(&mut self, id: &str) {
@@ -578,8 +650,10 @@ impl State {
 
     fn lease(&mut self, mut sandbox: Sandbox, waited: Duration) -> Lease {
         sandbox.uses += 1;
+        sandbox.fence = self.mint_fence();
         let lease = Lease {
             container_id: sandbox.id.clone(),
+            fence: sandbox.fence,
             container_name: sandbox.name.clone(),
             uses: sandbox.uses,
             waited,

@@ -11,13 +11,13 @@
 //! type and its two tasks; the frame format itself lives in the supervisor crate.)
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sandpool_supervisor::proto::{self, ExecRequest, ExitStatus, Failure, Frame, Kind};
+use sandpool_supervisor::proto::{self, ExecRequest, ExitStatus, Failure, Frame, Kind, RequestId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
@@ -45,12 +45,19 @@ pub enum SupervisorError {
     /// The supervisor refused or could not do it (a missing file, a bad path...).
     #[error("{code}: {message}")]
     Failed { code: String, message: String },
+    /// The supervisor has served a newer generation than the request's: another holder has
+    /// the sandbox now, and this one must let it go (not scrub, not remove it).
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl SupervisorError {
     /// Whether the container is unusable after this error.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, SupervisorError::Failed { .. })
+        !matches!(
+            self,
+            SupervisorError::Failed { .. } | SupervisorError::Fenced(_)
+        )
     }
 }
 
@@ -118,7 +125,7 @@ type OnDead = Box<dyn Fn(&str, &str) + Send + Sync>;
 struct Shared {
     container_id: String,
     /// Where each request's frames go, by id.
-    pending: Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>,
+    pending: Mutex<HashMap<RequestId, mpsc::UnboundedSender<Frame>>>,
     /// Cancelled when the link dies; the reason is in `lost`.
     dead: CancellationToken,
     lost: Mutex<Option<String>>,
@@ -172,7 +179,11 @@ pub struct SupervisorLink {
     shared: Arc<Shared>,
     /// Encoded frames for the writer task (host frames are small and few per request).
     outbox: mpsc::UnboundedSender<Vec<u8>>,
-    next_id: AtomicU32,
+    /// Starts at a random value: ids of two links to one supervisor (a frozen replica's and
+    /// its successor's, or a restarted one's and its crashed predecessor's) never collide.
+    next_id: AtomicU64,
+    /// `proto::holder_of` of this instance, sent with every request.
+    holder: u64,
 }
 
 impl std::fmt::Debug for SupervisorLink {
@@ -197,6 +208,7 @@ impl SupervisorLink {
     pub fn start(
         container_id: &str,
         attached: Attached,
+        holder: u64,
         on_dead: impl Fn(&str, &str) + Send + Sync + 'static,
     ) -> Arc<SupervisorLink> {
         let shared = Arc::new(Shared {
@@ -260,10 +272,21 @@ impl SupervisorLink {
             tracing::warn!(container_id = %reader.container_id, why, "supervisor link lost");
             reader.kill(&why);
         });
+        let mut base = [0u8; 8];
+        // Without randomness (never seen on Linux), the clock still makes collisions unlikely.
+        if getrandom::fill(&mut base).is_err() {
+            base = (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1))
+            .to_be_bytes();
+        }
         Arc::new(SupervisorLink {
             shared,
             outbox,
-            next_id: AtomicU32::new(1),
+            // Half the id space above the base stays free, so the counter never wraps.
+            next_id: AtomicU64::new(u64::from_be_bytes(base) >> 1),
+            holder,
         })
     }
 
@@ -291,8 +314,8 @@ impl SupervisorLink {
     }
 
     /// Kills every command running through this link (a release: the session is over).
-    pub fn kill_all(&self) {
-        let ids: Vec<u32> = self
+    pub fn kill_all(&self, generation: u64) {
+        let ids: Vec<RequestId> = self
             .shared
             .pending
             .lock()
@@ -302,11 +325,11 @@ impl SupervisorLink {
             .collect();
         for id in ids {
             // The supervisor ignores a kill for an id that is not a running command.
-            let _ = self.send(&Frame::new(Kind::Kill, id));
+            let _ = self.send(&Frame::new(Kind::Kill, id), generation);
         }
     }
 
-    fn register(&self) -> Result<(u32, mpsc::UnboundedReceiver<Frame>), SupervisorError> {
+    fn register(&self) -> Result<(RequestId, mpsc::UnboundedReceiver<Frame>), SupervisorError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         if self.is_dead() {
@@ -320,7 +343,7 @@ impl SupervisorLink {
         Ok((id, rx))
     }
 
-    fn unregister(&self, id: u32) {
+    fn unregister(&self, id: RequestId) {
         self.shared
             .pending
             .lock()
@@ -328,7 +351,9 @@ impl SupervisorLink {
             .remove(&id);
     }
 
-    fn send(&self, frame: &Frame) -> Result<(), SupervisorError> {
+    /// Sends `frame` under `generation` (the fencing token of the lease it is for).
+    fn send(&self, frame: &Frame, generation: u64) -> Result<(), SupervisorError> {
+        let frame = frame.clone().fenced(generation, self.holder);
         self.outbox
             .send(frame.encode())
             .map_err(|_| self.shared.lost_error())
@@ -357,6 +382,7 @@ impl SupervisorLink {
     /// head parsed as `T`, and its body.
     pub async fn call<T: DeserializeOwned>(
         &self,
+        generation: u64,
         kind: Kind,
         head: &impl Serialize,
         body: Vec<u8>,
@@ -364,7 +390,7 @@ impl SupervisorLink {
     ) -> Result<(T, Vec<u8>), SupervisorError> {
         let (id, mut rx) = self.register()?;
         let _done = Unregister { link: self, id };
-        self.send(&Frame::with_head(kind, id, head).body(body))?;
+        self.send(&Frame::with_head(kind, id, head).body(body), generation)?;
         let frame = self
             .next_frame(&mut rx, Instant::now() + within, within)
             .await?;
@@ -381,6 +407,9 @@ impl SupervisorLink {
                 let failure: Failure = frame
                     .head()
                     .map_err(|e| self.protocol_error(&format!("bad error head: {e}")))?;
+                if failure.code == "fenced" {
+                    return Err(SupervisorError::Fenced(failure.message));
+                }
                 Err(SupervisorError::Failed {
                     code: failure.code,
                     message: failure.message,
@@ -395,11 +424,29 @@ impl SupervisorLink {
         SupervisorError::Lost(why.to_string())
     }
 
-    /// Asks the supervisor whether it is there.
+    /// Asks the supervisor whether it is there, and which generation and holder it serves.
+    /// A ping is read-only: the supervisor answers it whatever its generation.
     pub async fn ping(&self, within: Duration) -> Result<proto::Pong, SupervisorError> {
-        self.call(Kind::Ping, &serde_json::json!({}), Vec::new(), within)
-            .await
-            .map(|(pong, _)| pong)
+        self.claim(0, within).await
+    }
+
+    /// A ping under `generation` (not 0): the supervisor serves it as the newest generation
+    /// from now on (killing older generations' commands) or refuses it as `fenced`. A holder
+    /// that takes a sandbox over claims it at once, before its first command.
+    pub async fn claim(
+        &self,
+        generation: u64,
+        within: Duration,
+    ) -> Result<proto::Pong, SupervisorError> {
+        self.call(
+            generation,
+            Kind::Ping,
+            &serde_json::json!({}),
+            Vec::new(),
+            within,
+        )
+        .await
+        .map(|(pong, _)| pong)
     }
 
     /// Runs a command as the tenant, streaming its output to `sink` (if any) as it comes;
@@ -407,6 +454,7 @@ impl SupervisorLink {
     /// Dropping the future kills the command's whole process tree.
     pub async fn run(
         &self,
+        generation: u64,
         spec: &CommandSpec,
         sink: Option<&mpsc::Sender<OutputChunk>>,
     ) -> Result<CommandOutput, SupervisorError> {
@@ -414,6 +462,7 @@ impl SupervisorLink {
         let mut guard = KillOnDrop {
             link: self,
             id,
+            generation,
             armed: true,
         };
         let request = ExecRequest {
@@ -423,7 +472,10 @@ impl SupervisorLink {
             timeout_ms: spec.timeout.as_millis() as u64,
             window: proto::DEFAULT_WINDOW_BYTES,
         };
-        self.send(&Frame::with_head(Kind::Exec, id, &request).body(spec.stdin.clone()))?;
+        self.send(
+            &Frame::with_head(Kind::Exec, id, &request).body(spec.stdin.clone()),
+            generation,
+        )?;
         let budget = spec.timeout + EXIT_GRACE;
         let started = Instant::now();
         let deadline = started + budget;
@@ -478,7 +530,10 @@ impl SupervisorLink {
                 }
             }
             // The chunk is consumed: the supervisor may send as much again.
-            self.send(&Frame::new(Kind::Credit, id).body((len as u32).to_be_bytes().to_vec()))?;
+            self.send(
+                &Frame::new(Kind::Credit, id).body((len as u32).to_be_bytes().to_vec()),
+                generation,
+            )?;
         }
     }
 }
@@ -503,7 +558,7 @@ fn dispatch(shared: &Shared, buf: &mut Vec<u8>) -> Result<(), String> {
 /// Forgets a request when its caller is done or gone.
 struct Unregister<'a> {
     link: &'a SupervisorLink,
-    id: u32,
+    id: RequestId,
 }
 
 impl Drop for Unregister<'_> {
@@ -515,14 +570,17 @@ impl Drop for Unregister<'_> {
 /// Kills a command whose caller went away before it ended, and forgets the request.
 struct KillOnDrop<'a> {
     link: &'a SupervisorLink,
-    id: u32,
+    id: RequestId,
+    generation: u64,
     armed: bool,
 }
 
 impl Drop for KillOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.link.send(&Frame::new(Kind::Kill, self.id));
+            let _ = self
+                .link
+                .send(&Frame::new(Kind::Kill, self.id), self.generation);
         }
         self.link.unregister(self.id);
     }

@@ -15,6 +15,7 @@ use super::state::{Gone, Sandbox};
 use super::supervisor::SupervisorLink;
 use super::{ContainerPool, Inner, PoolError, now_unix};
 use crate::docker::SandboxSpec;
+use sandpool_supervisor::proto::Pong;
 
 /// How long a fresh (or adopted) supervisor has to answer its first ping.
 const SUPERVISOR_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,15 +34,30 @@ impl ContainerPool {
     /// Attaches to a running container's supervisor and waits for its first answer. A link
     /// that dies later marks the container gone (destroyed, never handed out again).
     pub(super) async fn connect(&self, id: &str) -> Result<Arc<SupervisorLink>, PoolError> {
+        Ok(self.connect_and_ask(id).await?.0)
+    }
+
+    /// `connect`, with the supervisor's first answer: the generation it serves and who
+    /// holds it.
+    pub(super) async fn connect_and_ask(
+        &self,
+        id: &str,
+    ) -> Result<(Arc<SupervisorLink>, Pong), PoolError> {
         let attached = self.inner.gate.attach(id).await?;
         let pool: Weak<Inner> = Arc::downgrade(&self.inner);
-        let link = SupervisorLink::start(id, attached, move |container_id, why| {
-            if let Some(inner) = pool.upgrade() {
-                ContainerPool { inner }.container_gone(container_id, why);
-            }
-        });
-        link.ping(SUPERVISOR_READY_TIMEOUT).await?;
-        Ok(link)
+        let link =
+            SupervisorLink::start(id, attached, self.inner.holder, move |container_id, why| {
+                if let Some(inner) = pool.upgrade() {
+                    ContainerPool { inner }.container_gone(container_id, why);
+                }
+            });
+        let pong = link.ping(SUPERVISOR_READY_TIMEOUT).await?;
+        Ok((link, pong))
+    }
+
+    /// Whether a supervisor's answer says another instance claimed the sandbox last.
+    pub(super) fn claimed_by_another(&self, pong: &Pong) -> bool {
+        pong.generation != 0 && pong.holder != self.inner.holder
     }
 
     /// Creates and starts one container named `name`, which the state counts as creating
@@ -83,6 +99,7 @@ impl ContainerPool {
                 uses: 0,
                 dead: false,
                 foreign: false,
+                fence: 0,
                 link: Some(link),
             })
         }

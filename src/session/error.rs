@@ -60,4 +60,20 @@ pub enum SessionError {
     /// The token's subject holds its maximum of live sessions.
     #[error("subject {subject} already holds its maximum of {limit} live sessions")]
     TooManySessions { subject: String, limit: usize },
+    /// This instance could not renew its heartbeat in time (or another process took its
+    /// instance id): it has stopped serving its sessions before another replica may take
+    /// them over. The client should reconnect (any replica can resume it).
+    #[error("this replica has stopped serving sessions: {0}")]
+    SelfFenced(&'static str),
+    /// This instance does not serve the session (any more): resume it.
+    #[error("session {0} is not served by this replica")]
+    NotHere(String),
+    /// The session already runs its maximum of commands at once.
+    #[error("session {id} already runs its maximum of {limit} commands at once")]
+    Busy { id: String, limit: usize },
+    /// Another live process uses this instance id.
+    #[error(
+        "instance id {instance} is in use by another live process (its heartbeat was renewed while this one waited); give every replica its own SANDPOOL_INSTANCE_ID"
+    )]
+    InstanceInUse { instance: String },
 }

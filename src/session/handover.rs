@@ -44,17 +44,23 @@ pub(super) enum Asked {
 }
 
 impl SessionManager {
-    /// Asks the live owner of `s` to release it to this instance.
-    pub(super) async fn ask_release(&self, s: &Session) -> Result<Asked, StoreError> {
+    /// Asks the live owner of `s` to release it to this instance under lease `fence`. The
+    /// ask has an id of its own (never reused), and only the answer naming it counts: a late
+    /// answer to an earlier ask is dropped (a retried resume finds the record naming this
+    /// instance and adopts the sandbox then).
+    pub(super) async fn ask_release(&self, s: &Session, fence: u64) -> Result<Asked, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.pending_releases().insert(s.id.clone(), tx);
+        let request = uuid::Uuid::new_v4().to_string();
+        self.pending_releases().insert(request.clone(), tx);
         let sent = self
             .store()
             .send(
                 &s.owner,
                 &BusMessage::Release {
+                    request: request.clone(),
                     session_id: s.id.clone(),
                     from: self.instance().to_string(),
+                    fence,
                 },
             )
             .await;
@@ -66,11 +72,11 @@ impl SessionManager {
             },
             Ok(false) => Asked::Silent,
             Err(e) => {
-                self.pending_releases().remove(&s.id);
+                self.pending_releases().remove(&request);
                 return Err(e);
             }
         };
-        self.pending_releases().remove(&s.id);
+        self.pending_releases().remove(&request);
         Ok(asked)
     }
 
@@ -88,9 +94,15 @@ impl SessionManager {
                 return;
             };
             match message {
-                BusMessage::Release { session_id, from } => {
-                    let released = self.release_to(&session_id, &from).await;
+                BusMessage::Release {
+                    request,
+                    session_id,
+                    from,
+                    fence,
+                } => {
+                    let released = self.release_to(&session_id, &from, fence).await;
                     let answer = BusMessage::Released {
+                        request,
                         session_id,
                         released,
                     };
@@ -99,10 +111,9 @@ impl SessionManager {
                     }
                 }
                 BusMessage::Released {
-                    session_id,
-                    released,
+                    request, released, ..
                 } => {
-                    if let Some(tx) = self.pending_releases().remove(&session_id) {
+                    if let Some(tx) = self.pending_releases().remove(&request) {
                         let _ = tx.send(released);
                     }
                 }
@@ -113,32 +124,33 @@ impl SessionManager {
     /// Gives the local session `session_id` to instance `to`: its socket is told, the
     /// sandbox is handed over untouched, and the record moves. `false` when this instance does
     /// not hold it.
-    async fn release_to(&self, session_id: &str, to: &str) -> bool {
-        let Some(s) = self.take_local(session_id) else {
+    ///
+    /// The record moves first (with the new lease `fence`, the handed-set entry and the
+    /// sandbox's owner, in one atomic write): if it cannot move, this instance keeps the
+    /// session and its sandbox as they were, and nothing is in limbo. Only then is the
+    /// sandbox given up here: its link closed, so that this instance never speaks to the
+    /// supervisor again (and the new holder's claim fences it out anyway).
+    async fn release_to(&self, session_id: &str, to: &str, fence: u64) -> bool {
+        let Some(s) = self.local_session(session_id) else {
             return false;
         };
-        self.tell_ended(&s, EndReason::Moved);
-        // The link is closed before the record moves: by the time the new owner may attach,
-        // this instance no longer speaks to the supervisor.
-        self.pool().hand_over(&s.container_id);
-        if let Err(error) = self
+        match self
             .store()
-            .mark_handed(self.instance(), &s.container_id)
+            .transfer(session_id, self.instance(), to, fence)
             .await
         {
-            tracing::warn!(session_id, %error, "recording a handed-over sandbox failed");
-        }
-        match self.store().transfer(session_id, self.instance(), to).await {
-            Ok(true) => {
-                tracing::info!(session_id, to, "session released to another replica");
-                true
-            }
-            Ok(false) => false,
+            Ok(true) => {}
+            Ok(false) => return false,
             Err(error) => {
-                tracing::warn!(session_id, %error, "moving a released session's record failed");
-                false
+                tracing::warn!(session_id, %error, "moving a released session's record failed; keeping it");
+                return false;
             }
         }
+        self.take_local(session_id);
+        self.tell_ended(&s, EndReason::Moved);
+        self.pool().hand_over(&s.lease());
+        tracing::info!(session_id, to, "session released to another replica");
+        true
     }
 
     /// Removes the left-over sandboxes of replicas that are gone (see the module doc).
@@ -176,6 +188,11 @@ impl SessionManager {
                 continue;
             };
             for id in containers.into_iter().filter(|id| !held.contains(id)) {
+                // A sandbox the store says someone serves (taken over with its session) is
+                // that holder's, whatever its label.
+                if !matches!(self.store().sandbox_owner(&id).await, Ok(None)) {
+                    continue;
+                }
                 tracing::info!(container_id = %id, %instance, "removing a sandbox a gone replica left");
                 self.pool().remove_foreign(&id).await;
             }

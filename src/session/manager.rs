@@ -7,16 +7,18 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::error::{EndReason, SessionError};
 use super::model::{Session, SessionState, now_ms};
-use super::store::{SessionStore, StoreError};
+use super::store::{InstanceClaim, SessionStore};
 use crate::config::SessionConfig;
 use crate::pool::{
-    CommandOutput, CommandSpec, ContainerPool, Lease, OutputChunk, PoolError, PoolStatus,
+    CommandOutput, CommandSpec, ContainerPool, Lease, LeaseRef, OutputChunk, PoolError, PoolStatus,
+    Startup,
 };
 
 /// Timing of sessions and of the loops that look after them.
@@ -41,6 +43,8 @@ pub struct SessionSettings {
     /// hold more sandboxes than this. (Below it, a detached session still yields its sandbox
     /// to a new session queued at the pool's maximum.)
     pub max_detached: usize,
+    /// Commands one session may run at once, over all its connections.
+    pub max_commands_per_session: usize,
 }
 
 impl SessionSettings {
@@ -55,7 +59,17 @@ impl SessionSettings {
             touch_every: TOUCH_EVERY,
             max_sessions_per_subject: 0,
             max_detached: config.max_detached,
+            max_commands_per_session: 5,
         }
+    }
+}
+
+impl SessionSettings {
+    /// How long this instance serves its sessions after its last renewed heartbeat: two
+    /// thirds of the TTL, so that it stops (self-fences) well before another replica may take
+    /// them over, even if it froze in between.
+    pub fn self_fence_after(&self) -> Duration {
+        self.heartbeat_ttl * 2 / 3
     }
 }
 
@@ -93,13 +107,45 @@ pub(super) struct Local {
     pub(super) session: Session,
     /// When activity was last written to the store (ms), for throttling.
     pub(super) last_touch_ms: i64,
+    /// The session's commands running now: the bound is the session's, whatever connection
+    /// (or resume) runs them.
+    pub(super) commands: Arc<Semaphore>,
+}
+
+impl Local {
+    pub(super) fn new(session: Session, last_touch_ms: i64, settings: &SessionSettings) -> Self {
+        Self {
+            session,
+            last_touch_ms,
+            commands: Arc::new(Semaphore::new(settings.max_commands_per_session)),
+        }
+    }
+}
+
+/// What an instance needs from the store before its pool starts (see
+/// [`SessionManager::recover`]).
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// This process's incarnation: a random id that holds the instance id's heartbeat.
+    pub incarnation: String,
+    /// Sessions this instance held when it last ran (a crash, a restart).
+    pub sessions: Vec<Session>,
+    /// For the pool: those sessions' leases, what this instance handed over, and the epoch
+    /// its fencing tokens start at.
+    pub startup: Startup,
 }
 
 pub(super) struct Inner {
     pub(super) store: Arc<dyn SessionStore>,
     pub(super) pool: ContainerPool,
     pub(super) instance: String,
+    /// This process's incarnation, which holds the instance id's heartbeat.
+    pub(super) incarnation: String,
     pub(super) settings: SessionSettings,
+    /// Until when this instance may serve its sessions: a bit before its heartbeat could
+    /// lapse (renewed with every heartbeat). `None`: never again (another process took the
+    /// instance id).
+    pub(super) serving_until: Mutex<Option<Instant>>,
     /// Sessions this instance holds.
     pub(super) local: Mutex<HashMap<String, Local>>,
     /// Who hears of ended sessions (the socket layer). Weak: that layer holds this manager,
@@ -118,19 +164,63 @@ pub struct SessionManager {
 }
 
 impl SessionManager {
-    /// Sessions `instance` held when it last ran (a crash, a restart): their containers must
-    /// be adopted as leased by the pool, not scrubbed. Call before starting the pool.
+    /// Claims `instance` for this process and reads what it needs before its pool starts:
+    /// the sessions it held when it last ran (their sandboxes are adopted as leased, not
+    /// scrubbed), the sandboxes it handed to others (left alone), and a new epoch for its
+    /// fencing tokens. A crashed predecessor's heartbeat is waited out (up to its TTL); a
+    /// heartbeat that another live process renews meanwhile refuses the start
+    /// (`InstanceInUse`): two processes never share an instance id.
     pub async fn recover(
         store: &dyn SessionStore,
         instance: &str,
-    ) -> Result<Vec<Session>, StoreError> {
+        settings: &SessionSettings,
+    ) -> Result<Recovery, SessionError> {
+        let incarnation = uuid::Uuid::new_v4().to_string();
+        let ttl = settings.heartbeat_ttl;
+        let mut waited_for: Option<String> = None;
+        loop {
+            match store.claim_instance(instance, &incarnation, ttl).await? {
+                InstanceClaim::Claimed => break,
+                InstanceClaim::Held {
+                    incarnation: held,
+                    ttl_left,
+                } => {
+                    if waited_for.is_some() {
+                        // It was renewed (or taken anew) while this one waited: it is alive.
+                        return Err(SessionError::InstanceInUse {
+                            instance: instance.to_string(),
+                        });
+                    }
+                    tracing::warn!(
+                        instance,
+                        wait_ms = ttl_left.as_millis() as u64,
+                        "another incarnation's heartbeat holds this instance id (a crash before this start?); waiting it out"
+                    );
+                    waited_for = Some(held);
+                    tokio::time::sleep(ttl_left + Duration::from_millis(50)).await;
+                }
+            }
+        }
         let mut sessions = Vec::new();
         for id in store.owned_by(instance).await? {
             if let Some(s) = store.get(&id).await? {
                 sessions.push(s);
             }
         }
-        Ok(sessions)
+        let startup = Startup {
+            keep_leased: sessions
+                .iter()
+                .filter(|s| s.state != SessionState::Ending)
+                .map(Session::lease)
+                .collect(),
+            handed: store.handed(instance).await?.into_iter().collect(),
+            epoch: store.next_epoch().await?,
+        };
+        Ok(Recovery {
+            incarnation,
+            sessions,
+            startup,
+        })
     }
 
     /// Starts the manager: takes back `recovered` sessions (those whose sandbox the pool
@@ -141,13 +231,17 @@ impl SessionManager {
         pool: ContainerPool,
         instance: &str,
         settings: SessionSettings,
-        recovered: Vec<Session>,
+        recovery: Recovery,
     ) -> Self {
+        let recovered = recovery.sessions;
+        let serving_until = Instant::now() + settings.self_fence_after();
         let manager = Self {
             inner: Arc::new(Inner {
                 store,
                 pool,
                 instance: instance.to_string(),
+                incarnation: recovery.incarnation,
+                serving_until: Mutex::new(Some(serving_until)),
                 settings,
                 local: Mutex::new(HashMap::new()),
                 hooks: RwLock::new(None),
@@ -161,7 +255,9 @@ impl SessionManager {
         }
         let now = now_ms();
         for s in recovered {
-            if s.state != SessionState::Ending && manager.inner.pool.is_leased(&s.container_id) {
+            if s.state != SessionState::Ending
+                && manager.inner.pool.lease_of(&s.container_id) == Some(s.lease())
+            {
                 // Its socket is gone with the old process: the grace starts now.
                 let _ = manager.inner.store.detach(&s.id, now).await;
                 let mut s = s;
@@ -169,13 +265,8 @@ impl SessionManager {
                     s.state = SessionState::Detached;
                     s.detached_at_ms = now;
                 }
-                manager.local().insert(
-                    s.id.clone(),
-                    Local {
-                        session: s,
-                        last_touch_ms: now,
-                    },
-                );
+                let local = Local::new(s, now, &manager.inner.settings);
+                manager.local().insert(local.session.id.clone(), local);
             } else if s.state != SessionState::Ending {
                 // Its sandbox is gone: the session cannot go on.
                 if let Ok(Some(claimed)) = manager.inner.store.claim(&s.id, instance, now).await {
@@ -304,19 +395,66 @@ impl SessionManager {
         self.local().get(id).map(|l| l.session.clone())
     }
 
-    /// Runs `command` with `sh -c` as the tenant in the session's sandbox, streaming its output
-    /// to `sink`. The sandbox's supervisor enforces `timeout` (killing the command's whole
-    /// process tree); dropping the future kills it too. No Docker call.
+    /// Runs `command` with `sh -c` as the tenant in the sandbox of local session
+    /// `session_id`, under its lease, streaming its output to `sink`. The sandbox's
+    /// supervisor enforces `timeout` (killing the command's whole process tree); dropping the
+    /// future kills it too. No Docker call and no store round trip: the lease is the one this
+    /// instance holds, checked by the pool, and a self-fenced instance refuses at once.
     pub async fn run_command(
         &self,
-        container_id: &str,
+        session_id: &str,
         command: &str,
         timeout: Duration,
         output_limit: usize,
         sink: Option<&tokio::sync::mpsc::Sender<OutputChunk>>,
     ) -> Result<CommandOutput, SessionError> {
+        let lease = self.serving_lease(session_id)?;
         let spec = CommandSpec::shell(command, timeout, output_limit);
-        Ok(self.inner.pool.run(container_id, &spec, sink).await?)
+        Ok(self.inner.pool.run(&lease, &spec, sink).await?)
+    }
+
+    /// The lease of a local session, if this instance may serve it now.
+    fn serving_lease(&self, session_id: &str) -> Result<LeaseRef, SessionError> {
+        self.check_serving()?;
+        self.local()
+            .get(session_id)
+            .filter(|l| l.session.state != SessionState::Ending)
+            .map(|l| l.session.lease())
+            .ok_or_else(|| SessionError::NotHere(session_id.to_string()))
+    }
+
+    /// Refuses when this instance has self-fenced (see [`SessionSettings::self_fence_after`]).
+    pub fn check_serving(&self) -> Result<(), SessionError> {
+        match *self
+            .inner
+            .serving_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some(until) if Instant::now() < until => Ok(()),
+            Some(_) => Err(SessionError::SelfFenced(
+                "its heartbeat could not be renewed in time",
+            )),
+            None => Err(SessionError::SelfFenced(
+                "another process took its instance id",
+            )),
+        }
+    }
+
+    /// A place among the session's running commands (at most
+    /// `max_commands_per_session` at once, over all its connections), held until dropped.
+    pub fn command_permit(&self, session_id: &str) -> Result<OwnedSemaphorePermit, SessionError> {
+        let commands = self
+            .local()
+            .get(session_id)
+            .map(|l| l.commands.clone())
+            .ok_or_else(|| SessionError::NotHere(session_id.to_string()))?;
+        commands
+            .try_acquire_owned()
+            .map_err(|_| SessionError::Busy {
+                id: session_id.to_string(),
+                limit: self.inner.settings.max_commands_per_session,
+            })
     }
 
     /// Records activity, writing to the store at most once per `touch_every`.
@@ -429,15 +567,26 @@ impl SessionManager {
         self.local().remove(&s.id);
         self.tell_ended(&s, reason);
         if s.owner == self.inner.instance {
-            match self.inner.pool.release(&s.container_id) {
+            // Under the record's lease: a stale record (its sandbox released and leased again,
+            // or taken over since) touches nothing.
+            match self.inner.pool.release(&s.lease()) {
                 Ok(_) | Err(PoolError::NotLeased(_)) => {}
                 Err(error) => {
                     tracing::warn!(session_id = %s.id, %error, "releasing a sandbox failed")
                 }
             }
         } else {
-            // A stopped instance's session: its container is not in our pool.
-            self.inner.pool.remove_foreign(&s.container_id).await;
+            // A stopped instance's session: its container is not in our pool. Removed only if
+            // the store does not name another session or a newer lease for it.
+            match self.inner.store.sandbox_owner(&s.container_id).await {
+                Ok(Some(owner)) if owner.session_id != s.id || owner.fence != s.fence => {
+                    tracing::info!(session_id = %s.id, container_id = %s.container_id, "not removing a sandbox another session holds now");
+                }
+                Ok(_) => self.inner.pool.remove_foreign(&s.container_id).await,
+                Err(error) => {
+                    tracing::warn!(session_id = %s.id, %error, "cannot tell who holds a stopped instance's sandbox; leaving it to the sweep")
+                }
+            }
         }
         if let Err(error) = self.inner.store.delete(&s.id).await {
             tracing::warn!(session_id = %s.id, %error, "deleting an ended session failed; the stale-claim sweep will finish it");
@@ -470,7 +619,7 @@ impl SessionManager {
         if let Err(error) = self
             .inner
             .store
-            .remove_heartbeat(&self.inner.instance)
+            .remove_heartbeat(&self.inner.instance, &self.inner.incarnation)
             .await
         {
             tracing::debug!(%error, "withdrawing the heartbeat failed; it expires by itself");

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::model::{Session, SessionState};
-use super::store::{BusMessage, Cutoffs, SessionStore, StoreError, Sweep};
+use super::store::{
+    BusMessage, Cutoffs, InstanceClaim, SandboxOwner, SessionStore, StoreError, Sweep,
+};
 
 #[derive(Default)]
 struct Mem {
@@ -18,7 +20,12 @@ struct Mem {
     detached: BTreeSet<(i64, String)>,
     ending: BTreeSet<(i64, String)>,
     owners: HashMap<String, HashSet<String>>,
-    heartbeats: HashMap<String, Instant>,
+    /// Until when, and held by which incarnation.
+    heartbeats: HashMap<String, (Instant, String)>,
+    /// Who serves each sandbox (see `SessionStore::sandbox_owner`).
+    sandboxes: HashMap<String, SandboxOwner>,
+    /// The last epoch handed out.
+    epoch: u64,
     /// Listeners of the bus, by instance.
     listeners: HashMap<String, tokio::sync::mpsc::Sender<BusMessage>>,
     handed: HashMap<String, HashSet<String>>,
@@ -67,7 +74,31 @@ impl Mem {
     fn alive(&self, instance: &str) -> bool {
         self.heartbeats
             .get(instance)
-            .is_some_and(|until| Instant::now() < *until)
+            .is_some_and(|(until, _)| Instant::now() < *until)
+    }
+
+    /// Writes a session and its sandbox's owner.
+    fn write(&mut self, session: &Session) {
+        if !session.subject.is_empty() {
+            // A recorded session holds its subject's slot until it is deleted.
+            self.subjects
+                .entry(session.subject.clone())
+                .or_default()
+                .insert(session.id.clone(), None);
+        }
+        self.own_sandbox(session);
+        self.replace(session.clone());
+    }
+
+    fn own_sandbox(&mut self, s: &Session) {
+        self.sandboxes.insert(
+            s.container_id.clone(),
+            SandboxOwner {
+                owner: s.owner.clone(),
+                session_id: s.id.clone(),
+                fence: s.fence,
+            },
+        );
     }
 }
 
@@ -113,16 +144,34 @@ impl SessionStore for MemoryStore {
     }
 
     async fn put(&self, session: &Session) -> Result<(), StoreError> {
-        let mut mem = self.lock();
-        if !session.subject.is_empty() {
-            // A recorded session holds its subject's slot until it is deleted.
-            mem.subjects
-                .entry(session.subject.clone())
-                .or_default()
-                .insert(session.id.clone(), None);
-        }
-        mem.replace(session.clone());
+        self.lock().write(session);
         Ok(())
+    }
+
+    async fn restore(&self, session: &Session) -> Result<bool, StoreError> {
+        let mut mem = self.lock();
+        if mem.sessions.contains_key(&session.id) {
+            return Ok(false);
+        }
+        if let Some(owner) = mem.sandboxes.get(&session.container_id)
+            && owner.session_id != session.id
+            && owner.fence >= session.fence
+        {
+            return Ok(false);
+        }
+        mem.write(session);
+        Ok(true)
+    }
+
+    async fn sandbox_owner(&self, container_id: &str) -> Result<Option<SandboxOwner>, StoreError> {
+        Ok(self.lock().sandboxes.get(container_id).cloned())
+    }
+
+    async fn next_epoch(&self) -> Result<u64, StoreError> {
+        let mut mem = self.lock();
+        let floor = (super::model::now_ms() / 1000) as u64;
+        mem.epoch = mem.epoch.max(floor) + 1;
+        Ok(mem.epoch)
     }
 
     async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
@@ -244,6 +293,13 @@ impl SessionStore for MemoryStore {
         let mut mem = self.lock();
         if let Some(s) = mem.sessions.remove(id) {
             mem.unindex(&s);
+            if mem
+                .sandboxes
+                .get(&s.container_id)
+                .is_some_and(|o| o.session_id == s.id)
+            {
+                mem.sandboxes.remove(&s.container_id);
+            }
             if let Some(set) = mem.subjects.get_mut(&s.subject) {
                 set.remove(id);
             }
@@ -289,22 +345,76 @@ impl SessionStore for MemoryStore {
         Ok(ids)
     }
 
-    async fn transfer(&self, id: &str, from: &str, to: &str) -> Result<bool, StoreError> {
-        Ok(self.update(id, |s| {
-            if s.owner != from || s.state == SessionState::Ending {
-                return false;
-            }
-            s.owner = to.to_string();
-            true
-        }))
+    async fn transfer(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        fence: u64,
+    ) -> Result<bool, StoreError> {
+        let mut mem = self.lock();
+        let Some(mut s) = mem.sessions.get(id).cloned() else {
+            return Ok(false);
+        };
+        if s.owner != from || s.state == SessionState::Ending {
+            return Ok(false);
+        }
+        s.owner = to.to_string();
+        s.fence = fence;
+        mem.own_sandbox(&s);
+        mem.handed
+            .entry(from.to_string())
+            .or_default()
+            .insert(s.container_id.clone());
+        if let Some(set) = mem.handed.get_mut(to) {
+            set.remove(&s.container_id);
+        }
+        mem.replace(s);
+        Ok(true)
     }
 
-    async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn claim_instance(
+        &self,
+        instance: &str,
+        incarnation: &str,
+        ttl: Duration,
+    ) -> Result<InstanceClaim, StoreError> {
+        if self.heartbeat(instance, incarnation, ttl).await? {
+            return Ok(InstanceClaim::Claimed);
+        }
+        let mem = self.lock();
+        let (until, held) = mem
+            .heartbeats
+            .get(instance)
+            .cloned()
+            .unwrap_or_else(|| (Instant::now(), String::new()));
+        Ok(InstanceClaim::Held {
+            incarnation: held,
+            ttl_left: until.saturating_duration_since(Instant::now()),
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        incarnation: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let mut mem = self.lock();
-        mem.heartbeats
-            .insert(instance.to_string(), Instant::now() + ttl);
+        if mem.alive(instance)
+            && mem
+                .heartbeats
+                .get(instance)
+                .is_some_and(|(_, held)| held != incarnation)
+        {
+            return Ok(false);
+        }
+        mem.heartbeats.insert(
+            instance.to_string(),
+            (Instant::now() + ttl, incarnation.to_string()),
+        );
         mem.known.insert(instance.to_string());
-        Ok(())
+        Ok(true)
     }
 
     async fn known_instances(&self) -> Result<Vec<String>, StoreError> {
@@ -315,8 +425,15 @@ impl SessionStore for MemoryStore {
         Ok(self.lock().alive(instance))
     }
 
-    async fn remove_heartbeat(&self, instance: &str) -> Result<(), StoreError> {
-        self.lock().heartbeats.remove(instance);
+    async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError> {
+        let mut mem = self.lock();
+        if mem
+            .heartbeats
+            .get(instance)
+            .is_some_and(|(_, held)| held == incarnation)
+        {
+            mem.heartbeats.remove(instance);
+        }
         Ok(())
     }
 

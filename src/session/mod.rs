@@ -18,13 +18,17 @@ mod upkeep;
 
 /// The parts of the pool that are part of the session interface: the layers above speak of
 /// these through this module, never to the pool itself.
-pub use crate::pool::{Failure, OutputChunk, OutputStream, Place, PoolError, PoolStatus};
+pub use crate::pool::{
+    Failure, LeaseRef, OutputChunk, OutputStream, Place, PoolError, PoolStatus, Startup,
+};
 pub use error::{EndReason, SessionError};
-pub use manager::{JanitorReport, Opened, SessionHooks, SessionManager, SessionSettings};
+pub use manager::{JanitorReport, Opened, Recovery, SessionHooks, SessionManager, SessionSettings};
 pub use memory_store::MemoryStore;
 pub use model::{Session, SessionState, hash_token, new_resume_token, now_ms, token_matches};
 pub use redis_store::RedisStore;
-pub use store::{BusMessage, Cutoffs, SessionStore, StoreError, Sweep};
+pub use store::{
+    BusMessage, Cutoffs, InstanceClaim, SandboxOwner, SessionStore, StoreError, Sweep,
+};
 
 /// A claim older than this belongs to a claimer that died before it finished; the session
 /// may be claimed again (ms).

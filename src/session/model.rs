@@ -3,6 +3,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
+
+use crate::pool::LeaseRef;
 use subtle::ConstantTimeEq;
 
 /// Where a session is in its life.
@@ -43,6 +45,9 @@ pub struct Session {
     /// Instance id of the replica that holds the sandbox's lease.
     pub owner: String,
     pub container_id: String,
+    /// The fencing token of the lease this session holds its sandbox under: every operation
+    /// on the sandbox names it, and the pool refuses it once stale (see `pool::LeaseRef`).
+    pub fence: u64,
     /// SHA-256 (hex) of the resume token; the token itself is never stored.
     pub token_hash: String,
     pub created_ms: i64,
@@ -59,12 +64,13 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new active session.
-    pub fn new(owner: &str, container_id: &str, token_hash: String, now_ms: i64) -> Self {
+    /// A new active session holding its sandbox under `lease`.
+    pub fn new(owner: &str, lease: &LeaseRef, token_hash: String, now_ms: i64) -> Self {
         Self {
             id: uuid::Uuid::new_v4().to_string(),
             owner: owner.to_string(),
-            container_id: container_id.to_string(),
+            container_id: lease.container_id.clone(),
+            fence: lease.fence,
             token_hash,
             created_ms: now_ms,
             last_active_ms: now_ms,
@@ -73,6 +79,16 @@ impl Session {
             claimed_by: String::new(),
             claimed_at_ms: 0,
             subject: String::new(),
+        }
+    }
+}
+
+impl Session {
+    /// The lease this session holds its sandbox under.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef {
+            container_id: self.container_id.clone(),
+            fence: self.fence,
         }
     }
 }

@@ -9,7 +9,7 @@ use super::manager::{Local, Opened, SessionManager};
 use super::model::{Session, SessionState, new_resume_token, now_ms, token_matches};
 use super::store::SessionStore;
 use super::{EndReason, SessionError};
-use crate::pool::{ContainerPool, Place};
+use crate::pool::{ContainerPool, LeaseRef, Place};
 
 /// A subject's slot is reserved for the acquire timeout plus this (a create, the record's
 /// write), after which an opener that crashed no longer holds it.
@@ -49,25 +49,25 @@ impl Drop for SubjectSlot {
 struct HeldLease {
     pool: ContainerPool,
     store: Arc<dyn SessionStore>,
-    container_id: Option<String>,
+    lease: Option<LeaseRef>,
     session_id: Option<String>,
 }
 
 impl Drop for HeldLease {
     fn drop(&mut self) {
-        let Some(container_id) = self.container_id.take() else {
+        let Some(lease) = self.lease.take() else {
             return;
         };
         match self.session_id.take() {
             None => {
-                let _ = self.pool.release(&container_id);
+                let _ = self.pool.release(&lease);
             }
             Some(session_id) => {
                 let (pool, store) = (self.pool.clone(), self.store.clone());
                 tokio::spawn(async move {
                     match store.delete(&session_id).await {
                         Ok(_) => {
-                            let _ = pool.release(&container_id);
+                            let _ = pool.release(&lease);
                         }
                         // The record stays and keeps the sandbox: the janitor ends it (and
                         // releases the sandbox) once it expires.
@@ -159,11 +159,11 @@ impl SessionManager {
         let mut held = HeldLease {
             pool: self.inner.pool.clone(),
             store: self.inner.store.clone(),
-            container_id: Some(lease.container_id.clone()),
+            lease: Some(lease.lease_ref()),
             session_id: None,
         };
         let (token, hash) = new_resume_token().map_err(|e| SessionError::Random(e.to_string()))?;
-        let mut session = Session::new(&self.inner.instance, &lease.container_id, hash, now_ms());
+        let mut session = Session::new(&self.inner.instance, &lease.lease_ref(), hash, now_ms());
         if let Some((id, subject)) = named {
             session.id = id;
             session.subject = subject.to_string();
@@ -176,14 +176,13 @@ impl SessionManager {
             held.session_id = None;
             return Err(e.into());
         }
-        self.local().insert(
-            session.id.clone(),
-            Local {
-                session: session.clone(),
-                last_touch_ms: session.last_active_ms,
-            },
+        let local = Local::new(
+            session.clone(),
+            session.last_active_ms,
+            &self.inner.settings,
         );
-        held.container_id = None;
+        self.local().insert(session.id.clone(), local);
+        held.lease = None;
         Ok(Opened {
             session,
             resume_token: token,
@@ -219,12 +218,25 @@ impl SessionManager {
         if s.state == SessionState::Ending {
             return Err(SessionError::Expired(id.to_string()));
         }
+        self.check_serving()?;
         let me = &self.inner.instance;
         if &s.owner != me {
+            // Before anything moves, this instance must have room for the sandbox.
+            let status = self.inner.pool.status();
+            if status.total >= status.max && !self.inner.pool.is_leased(&s.container_id) {
+                return Err(SessionError::Elsewhere {
+                    id: id.to_string(),
+                    owner: s.owner.clone(),
+                });
+            }
+            // The new lease: from a new epoch of the store, so that its token is larger than
+            // any the previous holder was given, and written with the move.
+            self.inner.pool.advance_epoch(store.next_epoch().await?);
+            let fence = self.inner.pool.mint_fence();
             // Live owner: an orderly hand-over; dead owner (heartbeat lapsed, or Docker says
             // its container is down): a takeover (handover.rs).
             let released = if store.is_alive(&s.owner).await? {
-                match self.ask_release(&s).await? {
+                match self.ask_release(&s, fence).await? {
                     Asked::Released => true,
                     Asked::Refused => return Err(SessionError::Expired(id.to_string())),
                     Asked::Silent
@@ -242,10 +254,12 @@ impl SessionManager {
             } else {
                 false
             };
-            if !released && !store.transfer(id, &s.owner, me).await? {
+            if !released && !store.transfer(id, &s.owner, me, fence).await? {
                 return Err(SessionError::Expired(id.to_string()));
             }
-            if let Err(e) = self.inner.pool.adopt_leased(&s.container_id).await {
+            // The store names this instance under `fence` now: the claim fences the previous
+            // holder out of the sandbox's supervisor before this one's first command.
+            if let Err(e) = self.inner.pool.take_over(&s.container_id, fence).await {
                 tracing::warn!(session_id = %id, error = %e, "taking over a session whose sandbox is gone");
                 if let Ok(Some(claimed)) = store.claim(id, me, now_ms()).await {
                     self.finish(claimed, EndReason::SandboxLost).await;
@@ -258,6 +272,17 @@ impl SessionManager {
                 tracing::info!(session_id = %id, from = %s.owner, "took over a session from a stopped instance");
             }
             s.owner = me.clone();
+            s.fence = fence;
+        } else if self.inner.pool.lease_of(&s.container_id) != Some(s.lease()) {
+            // The record names this instance, but the pool does not hold the sandbox under its
+            // lease: a hand-over whose answer came after the ask gave up. Adopt it now.
+            if let Err(e) = self.inner.pool.take_over(&s.container_id, s.fence).await {
+                tracing::warn!(session_id = %id, error = %e, "a session recorded here has no sandbox");
+                if let Ok(Some(claimed)) = store.claim(id, me, now_ms()).await {
+                    self.finish(claimed, EndReason::SandboxLost).await;
+                }
+                return Err(SessionError::Expired(id.to_string()));
+            }
         }
         let now = now_ms();
         if !store.reattach(id, now).await? {
@@ -266,13 +291,15 @@ impl SessionManager {
         s.state = SessionState::Active;
         s.detached_at_ms = 0;
         s.last_active_ms = s.last_active_ms.max(now);
-        self.local().insert(
-            id.to_string(),
-            Local {
-                session: s.clone(),
-                last_touch_ms: now,
-            },
-        );
+        // A resume on the same instance keeps the session's command bound (and its commands).
+        let settings = &self.inner.settings;
+        self.local()
+            .entry(id.to_string())
+            .and_modify(|l| {
+                l.session = s.clone();
+                l.last_touch_ms = now;
+            })
+            .or_insert_with(|| Local::new(s.clone(), now, settings));
         Ok(s)
     }
 }

@@ -4,14 +4,16 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P session:<id>` | hash | `id`, `owner`, `container`, `token_hash`, `created_ms`, `last_active_ms`, `state`, `detached_at_ms`, `claimed_by`, `claimed_at_ms`, `subject` (absent in records of older versions: anonymous) |
+//! | `P session:<id>` | hash | `id`, `owner`, `container`, `fence` (the lease's fencing token, 20 digits), `token_hash`, `created_ms`, `last_active_ms`, `state`, `detached_at_ms`, `claimed_by`, `claimed_at_ms`, `subject` (absent in records of older versions: anonymous) |
 //! | `P subject:<sub>` | set | the live sessions (and reservations) of a token subject: `PUT` adds a session with a subject, `DELETE` removes it |
 //! | `P reserve:<id>` | string with a TTL | a subject's slot held for a session being opened (TTL: the acquire timeout + 60 s) |
 //! | `P idx:active` | sorted set | every session, scored by last-active time (ms) |
 //! | `P idx:detached` | sorted set | detached sessions, scored by when the socket dropped |
 //! | `P idx:ending` | sorted set | ending sessions, scored by claim time |
 //! | `P owner:<instance>` | set | ids of the sessions an instance holds |
-//! | `P heartbeat:<instance>` | string with a TTL | present while the instance is alive |
+//! | `P heartbeat:<instance>` | string with a TTL | the incarnation (a random id of the process) that holds the instance id; present while it is alive |
+//! | `P sandbox:<container>` | hash | `owner`, `session`, `fence`: who serves the sandbox under which lease; written with the session record at every open, transfer and takeover, deleted with the session |
+//! | `P epoch` | string | the last epoch of fencing tokens handed out (never below the clock in seconds) |
 //! | `P instances` | set | every instance that ever heartbeated here |
 //! | `P handed:<instance>` | set | containers labeled with the instance that it handed to another instance with their session |
 //! | `P bus:<instance>` | pub/sub channel | hand-over messages to the instance (JSON `BusMessage`) |
@@ -36,7 +38,9 @@ use tokio::sync::mpsc;
 
 use super::model::{Session, SessionState};
 use super::redis_scripts::*;
-use super::store::{BusMessage, Cutoffs, SessionStore, StoreError, Sweep};
+use super::store::{
+    BusMessage, Cutoffs, InstanceClaim, SandboxOwner, SessionStore, StoreError, Sweep,
+};
 
 struct Scripts {
     put: Script,
@@ -47,6 +51,9 @@ struct Scripts {
     delete: Script,
     transfer: Script,
     reserve: Script,
+    next_epoch: Script,
+    heartbeat: Script,
+    remove_heartbeat: Script,
 }
 
 /// Sessions in Redis, over one multiplexed connection that reconnects by itself.
@@ -92,6 +99,9 @@ impl RedisStore {
                 delete: Script::new(DELETE),
                 transfer: Script::new(TRANSFER),
                 reserve: Script::new(RESERVE),
+                next_epoch: Script::new(NEXT_EPOCH),
+                heartbeat: Script::new(HEARTBEAT),
+                remove_heartbeat: Script::new(REMOVE_HEARTBEAT),
             },
         })
     }
@@ -111,11 +121,45 @@ impl RedisStore {
     fn heartbeat_key(&self, instance: &str) -> String {
         format!("{}heartbeat:{instance}", self.prefix)
     }
+    fn sandbox_prefix(&self) -> String {
+        format!("{}sandbox:", self.prefix)
+    }
     fn handed_key(&self, instance: &str) -> String {
         format!("{}handed:{instance}", self.prefix)
     }
     fn bus_channel(&self, instance: &str) -> String {
         format!("{}bus:{instance}", self.prefix)
+    }
+
+    /// Runs `PUT` in `mode` (`put`, or `restore` for a catch-up write); `true` when written.
+    async fn write(&self, s: &Session, mode: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .scripts
+            .put
+            .key(self.session_key(&s.id))
+            .key(self.idx("active"))
+            .key(self.idx("detached"))
+            .key(self.idx("ending"))
+            .arg(&s.id)
+            .arg(&s.owner)
+            .arg(&s.container_id)
+            .arg(&s.token_hash)
+            .arg(s.created_ms)
+            .arg(s.last_active_ms)
+            .arg(s.state.as_str())
+            .arg(s.detached_at_ms)
+            .arg(&s.claimed_by)
+            .arg(s.claimed_at_ms)
+            .arg(self.owner_prefix())
+            .arg(&s.subject)
+            .arg(self.subject_prefix())
+            .arg(fence_field(s.fence))
+            .arg(self.sandbox_prefix())
+            .arg(mode)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
     }
 
     /// Runs one of the state-change scripts (touch, detach, reattach), which all take their
@@ -174,6 +218,12 @@ impl RedisStore {
     }
 }
 
+/// A fence as the store keeps it: 20 digits, so that Lua compares two as strings exactly
+/// (a fence does not fit Lua's doubles).
+fn fence_field(fence: u64) -> String {
+    format!("{fence:020}")
+}
+
 fn session_from_fields(mut f: HashMap<String, String>) -> Result<Session, StoreError> {
     let id = f.remove("id").unwrap_or_default();
     let num = |f: &HashMap<String, String>, k: &str| -> Result<i64, StoreError> {
@@ -201,6 +251,8 @@ fn session_from_fields(mut f: HashMap<String, String>) -> Result<Session, StoreE
         token_hash: f.remove("token_hash").unwrap_or_default(),
         claimed_by: f.remove("claimed_by").unwrap_or_default(),
         subject: f.remove("subject").unwrap_or_default(),
+        // Records of older versions carry none: 0 is older than every real lease.
+        fence: f.get("fence").and_then(|v| v.parse().ok()).unwrap_or(0),
         state,
         id,
     })
@@ -221,30 +273,39 @@ impl SessionStore for RedisStore {
     }
 
     async fn put(&self, s: &Session) -> Result<(), StoreError> {
-        let _: i64 = self
-            .scripts
-            .put
-            .key(self.session_key(&s.id))
-            .key(self.idx("active"))
-            .key(self.idx("detached"))
-            .key(self.idx("ending"))
-            .arg(&s.id)
-            .arg(&s.owner)
-            .arg(&s.container_id)
-            .arg(&s.token_hash)
-            .arg(s.created_ms)
-            .arg(s.last_active_ms)
-            .arg(s.state.as_str())
-            .arg(s.detached_at_ms)
-            .arg(&s.claimed_by)
-            .arg(s.claimed_at_ms)
-            .arg(self.owner_prefix())
-            .arg(&s.subject)
-            .arg(self.subject_prefix())
-            .invoke_async(&mut self.conn.clone())
+        self.write(s, "put").await.map(|_| ())
+    }
+
+    async fn restore(&self, s: &Session) -> Result<bool, StoreError> {
+        self.write(s, "restore").await
+    }
+
+    async fn sandbox_owner(&self, container_id: &str) -> Result<Option<SandboxOwner>, StoreError> {
+        let f: HashMap<String, String> = self
+            .conn
+            .clone()
+            .hgetall(format!("{}{container_id}", self.sandbox_prefix()))
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(match (f.get("owner"), f.get("session"), f.get("fence")) {
+            (Some(owner), Some(session), Some(fence)) => Some(SandboxOwner {
+                owner: owner.clone(),
+                session_id: session.clone(),
+                fence: fence.parse().unwrap_or(0),
+            }),
+            _ => None,
+        })
+    }
+
+    async fn next_epoch(&self) -> Result<u64, StoreError> {
+        let now_secs = super::model::now_ms() / 1000;
+        self.scripts
+            .next_epoch
+            .key(format!("{}epoch", self.prefix))
+            .arg(now_secs)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
     }
 
     async fn get(&self, id: &str) -> Result<Option<Session>, StoreError> {
@@ -340,6 +401,7 @@ impl SessionStore for RedisStore {
             .arg(id)
             .arg(self.owner_prefix())
             .arg(self.subject_prefix())
+            .arg(self.sandbox_prefix())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
@@ -406,7 +468,13 @@ impl SessionStore for RedisStore {
         Ok(ids)
     }
 
-    async fn transfer(&self, id: &str, from: &str, to: &str) -> Result<bool, StoreError> {
+    async fn transfer(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        fence: u64,
+    ) -> Result<bool, StoreError> {
         let n: i64 = self
             .scripts
             .transfer
@@ -415,27 +483,55 @@ impl SessionStore for RedisStore {
             .arg(to)
             .arg(id)
             .arg(self.owner_prefix())
+            .arg(fence_field(fence))
+            .arg(self.sandbox_prefix())
+            .arg(format!("{}handed:", self.prefix))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         Ok(n == 1)
     }
 
-    async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<(), StoreError> {
-        let _: () = redis::pipe()
-            .atomic()
-            .pset_ex(
-                self.heartbeat_key(instance),
-                super::model::now_ms(),
-                ttl.as_millis() as u64,
-            )
-            .ignore()
-            .sadd(format!("{}instances", self.prefix), instance)
-            .ignore()
+    async fn claim_instance(
+        &self,
+        instance: &str,
+        incarnation: &str,
+        ttl: Duration,
+    ) -> Result<InstanceClaim, StoreError> {
+        if self.heartbeat(instance, incarnation, ttl).await? {
+            return Ok(InstanceClaim::Claimed);
+        }
+        let key = self.heartbeat_key(instance);
+        let (held, ttl_ms): (Option<String>, i64) = redis::pipe()
+            .get(&key)
+            .pttl(&key)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        Ok(())
+        Ok(InstanceClaim::Held {
+            incarnation: held.unwrap_or_default(),
+            ttl_left: Duration::from_millis(ttl_ms.max(0) as u64),
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        incarnation: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .scripts
+            .heartbeat
+            .key(self.heartbeat_key(instance))
+            .key(format!("{}instances", self.prefix))
+            .arg(incarnation)
+            .arg(ttl.as_millis() as u64)
+            .arg(instance)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
     }
 
     async fn known_instances(&self) -> Result<Vec<String>, StoreError> {
@@ -454,11 +550,13 @@ impl SessionStore for RedisStore {
             .map_err(unavailable)
     }
 
-    async fn remove_heartbeat(&self, instance: &str) -> Result<(), StoreError> {
+    async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError> {
         let _: i64 = self
-            .conn
-            .clone()
-            .del(self.heartbeat_key(instance))
+            .scripts
+            .remove_heartbeat
+            .key(self.heartbeat_key(instance))
+            .arg(incarnation)
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         Ok(())

@@ -12,11 +12,43 @@ use super::model::Session;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BusMessage {
-    /// `from` holds a resume for `session_id`, which the receiver owns: give it up.
-    Release { session_id: String, from: String },
-    /// The receiver asked for `session_id`: `released` says whether it is now the
-    /// receiver's (the record moved to it, the sandbox is free to attach).
-    Released { session_id: String, released: bool },
+    /// `from` holds a resume for `session_id`, which the receiver owns: give it up, and
+    /// write `fence` (the asker's new lease on the sandbox) with the move. `request` is the
+    /// asker's id for this ask, never reused: the answer names it.
+    Release {
+        request: String,
+        session_id: String,
+        from: String,
+        fence: u64,
+    },
+    /// The answer to the ask `request`: `released` says whether the session is now the
+    /// asker's (the record moved to it under its fence, the sandbox is free to attach).
+    Released {
+        request: String,
+        session_id: String,
+        released: bool,
+    },
+}
+
+/// Who serves a sandbox, as the store says: written with the session record at every open,
+/// transfer and takeover, in the same atomic write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxOwner {
+    pub owner: String,
+    pub session_id: String,
+    pub fence: u64,
+}
+
+/// What claiming an instance id at start found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceClaim {
+    /// The id is this incarnation's now.
+    Claimed,
+    /// Another incarnation's heartbeat holds it, for `ttl_left` more unless renewed.
+    Held {
+        incarnation: String,
+        ttl_left: Duration,
+    },
 }
 
 /// Why a store operation failed.
@@ -63,9 +95,22 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Writes a new session (or rewrites one, when catching up after a store lost its data)
-    /// with its index entries, its subject's included.
+    /// Writes a new session with its index entries, its subject's included, and the
+    /// sandbox's owner (`sandbox_owner`), in one atomic write.
     async fn put(&self, session: &Session) -> Result<(), StoreError>;
+
+    /// Writes a session again after the store lost it (catch-up): like `put`, but only when
+    /// the session is absent and its sandbox is not recorded for another session or a newer
+    /// lease. `false` when it was not written.
+    async fn restore(&self, session: &Session) -> Result<bool, StoreError>;
+
+    /// Who serves `container_id`, if the store knows.
+    async fn sandbox_owner(&self, container_id: &str) -> Result<Option<SandboxOwner>, StoreError>;
+
+    /// A new epoch for fencing tokens: larger than every epoch this store gave before and
+    /// never below the clock in seconds, so that epochs keep rising after a store lost its
+    /// data.
+    async fn next_epoch(&self) -> Result<u64, StoreError>;
 
     async fn get(&self, id: &str) -> Result<Option<Session>, StoreError>;
 
@@ -115,11 +160,33 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Ids of the sessions `owner` holds.
     async fn owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError>;
 
-    /// Moves a session from owner `from` to `to` if `from` still owns it and it is not ending.
-    async fn transfer(&self, id: &str, from: &str, to: &str) -> Result<bool, StoreError>;
+    /// Moves a session from owner `from` to `to` under lease `fence` (the sandbox's owner
+    /// too), if `from` still owns it and it is not ending.
+    async fn transfer(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        fence: u64,
+    ) -> Result<bool, StoreError>;
 
-    /// Says that `instance` is alive for `ttl`.
-    async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Takes `instance`'s heartbeat for `incarnation` (a random id of this process) if no
+    /// other incarnation holds it: two live processes never share an instance id.
+    async fn claim_instance(
+        &self,
+        instance: &str,
+        incarnation: &str,
+        ttl: Duration,
+    ) -> Result<InstanceClaim, StoreError>;
+
+    /// Says that `instance` (as `incarnation`) is alive for `ttl`. `false` when another
+    /// incarnation holds the heartbeat: this process must stop serving.
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        incarnation: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
 
     /// Every instance that ever heartbeated in this store (alive or not): the replicas of one
     /// deployment, as opposed to other deployments sharing the Docker engine.
@@ -128,8 +195,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Whether `instance` has heartbeated within its ttl.
     async fn is_alive(&self, instance: &str) -> Result<bool, StoreError>;
 
-    /// Withdraws `instance`'s heartbeat (it is shutting down).
-    async fn remove_heartbeat(&self, instance: &str) -> Result<(), StoreError>;
+    /// Withdraws `instance`'s heartbeat if `incarnation` holds it (it is shutting down).
+    async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError>;
 
     /// Counts: (sessions, by state) for status pages; may scan, so not for hot paths.
     async fn count(&self) -> Result<usize, StoreError>;

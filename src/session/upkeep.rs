@@ -7,6 +7,7 @@ use super::EndReason;
 use super::manager::{JanitorReport, SessionManager, SessionSettings};
 use super::model::{Session, SessionState, now_ms};
 use super::store::{Cutoffs, StoreError, Sweep};
+use crate::pool::LeaseRef;
 
 impl SessionManager {
     /// One janitor pass: ends every session past its idle TTL or its reconnect grace, and
@@ -95,18 +96,38 @@ impl SessionManager {
         for s in mine {
             match self.inner.store.get(&s.id).await {
                 Ok(None) => {
-                    if let Err(error) = self.inner.store.put(&s).await {
-                        tracing::debug!(session_id = %s.id, %error, "catch-up write failed");
-                    } else {
-                        tracing::info!(session_id = %s.id, "session written again after the store lost it");
+                    // Only while it is still served here under the same lease (an end may have
+                    // deleted it since the list was taken), and only if the store does not
+                    // name another holder for the sandbox.
+                    let current = self.local().get(&s.id).is_some_and(|l| {
+                        l.session.fence == s.fence && l.session.state != SessionState::Ending
+                    });
+                    if !current {
+                        continue;
+                    }
+                    match self.inner.store.restore(&s).await {
+                        Ok(true) => {
+                            tracing::info!(session_id = %s.id, "session written again after the store lost it")
+                        }
+                        Ok(false) => {
+                            tracing::info!(session_id = %s.id, "not writing a session again: the store has it, or its sandbox has another holder")
+                        }
+                        Err(error) => {
+                            tracing::debug!(session_id = %s.id, %error, "catch-up write failed")
+                        }
                     }
                 }
-                Ok(Some(stored)) if stored.owner != self.inner.instance => {
+                Ok(Some(stored))
+                    if stored.owner != self.inner.instance || stored.fence != s.fence =>
+                {
                     // Taken over while this instance's heartbeat lapsed: the sandbox is the
                     // new owner's now. Give up the lease (no scrub, no removal), or its place
                     // in the pool would stay taken for good.
-                    self.local().remove(&s.id);
-                    self.inner.pool.hand_over(&s.container_id);
+                    let removed = self.local().remove(&s.id);
+                    if removed.is_some() {
+                        self.tell_ended(&s, EndReason::Moved);
+                    }
+                    self.inner.pool.hand_over(&s.lease());
                 }
                 Ok(Some(stored))
                     if stored.state == SessionState::Active
@@ -120,11 +141,38 @@ impl SessionManager {
         }
     }
 
+    /// Renews the heartbeat; while it is renewed, this instance may serve its sessions for
+    /// `self_fence_after` more. Another incarnation holding the instance id fences this one
+    /// for good.
     pub(super) async fn beat(&self) -> Result<(), StoreError> {
-        self.inner
+        let started = tokio::time::Instant::now();
+        let renewed = self
+            .inner
             .store
-            .heartbeat(&self.inner.instance, self.inner.settings.heartbeat_ttl)
-            .await
+            .heartbeat(
+                &self.inner.instance,
+                &self.inner.incarnation,
+                self.inner.settings.heartbeat_ttl,
+            )
+            .await?;
+        let mut serving = self
+            .inner
+            .serving_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !renewed {
+            if serving.is_some() {
+                tracing::error!(
+                    instance = %self.inner.instance,
+                    "another process holds this instance id's heartbeat: this one stops serving its sessions"
+                );
+            }
+            *serving = None;
+        } else if let Some(until) = serving.as_mut() {
+            // From when the renewal was sent: the TTL ran from no earlier than that.
+            *until = (*until).max(started + self.inner.settings.self_fence_after());
+        }
+        Ok(())
     }
 
     pub(super) async fn heartbeat_loop(&self) {
@@ -137,6 +185,13 @@ impl SessionManager {
             if let Err(error) = self.beat().await {
                 tracing::warn!(%error, "heartbeat failed");
             }
+            // A new epoch long before this one's 2^32 tokens run out.
+            if self.inner.pool.fences_minted() > 1 << 31 {
+                match self.inner.store.next_epoch().await {
+                    Ok(epoch) => self.inner.pool.advance_epoch(epoch),
+                    Err(error) => tracing::warn!(%error, "taking a new fencing epoch failed"),
+                }
+            }
         }
     }
 
@@ -147,6 +202,11 @@ impl SessionManager {
         // however long this loop is busy ending sessions, it cannot miss a death.
         let mut lost = self.inner.pool.watch_lost();
         loop {
+            // Deaths recorded before this loop subscribed (a kept sandbox whose supervisor did
+            // not answer at start) are read first.
+            for lease in self.inner.pool.lost_leases() {
+                self.end_lost(&lease).await;
+            }
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
                 changed = lost.changed() => {
@@ -155,18 +215,15 @@ impl SessionManager {
                     }
                 }
             }
-            for container_id in self.inner.pool.lost_leases() {
-                self.end_lost(&container_id).await;
-            }
         }
     }
 
-    /// Ends the local session whose sandbox is `container_id`, which died.
-    pub(super) async fn end_lost(&self, container_id: &str) {
+    /// Ends the local session holding `lease`, whose sandbox died.
+    pub(super) async fn end_lost(&self, lease: &LeaseRef) {
         let id = self
             .local()
             .iter()
-            .find(|(_, l)| l.session.container_id == container_id)
+            .find(|(_, l)| l.session.lease() == *lease)
             .map(|(id, _)| id.clone());
         if let Some(id) = id
             && let Err(error) = self.end(&id, EndReason::SandboxLost).await

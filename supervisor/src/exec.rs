@@ -12,7 +12,7 @@ use std::process::Child;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use sandpool_supervisor::proto::{self, ExecRequest, ExitStatus, Frame, Kind, Started};
+use sandpool_supervisor::proto::{self, ExecRequest, ExitStatus, Frame, Kind, RequestId, Started};
 
 use crate::spawn::Plan;
 use crate::{Ctx, sys};
@@ -76,11 +76,11 @@ impl Control {
 /// The running commands by request id.
 #[derive(Default)]
 pub struct Registry {
-    running: Mutex<HashMap<u32, Arc<Control>>>,
+    running: Mutex<HashMap<RequestId, Arc<Control>>>,
 }
 
 impl Registry {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Control>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Arc<Control>>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -88,13 +88,13 @@ impl Registry {
         self.map().len()
     }
 
-    pub fn kill(&self, id: u32) {
+    pub fn kill(&self, id: RequestId) {
         if let Some(control) = self.map().get(&id) {
             control.kill();
         }
     }
 
-    pub fn credit(&self, id: u32, bytes: u32) {
+    pub fn credit(&self, id: RequestId, bytes: u32) {
         if let Some(control) = self.map().get(&id) {
             control.credit(bytes);
         }
@@ -110,7 +110,7 @@ impl Registry {
 
     /// Forgets `id` if it is still this command (a `Scrub` may have forgotten it and a new
     /// command may have taken the id since).
-    fn forget(&self, id: u32, control: &Arc<Control>) {
+    fn forget(&self, id: RequestId, control: &Arc<Control>) {
         let mut map = self.map();
         if map.get(&id).is_some_and(|c| Arc::ptr_eq(c, control)) {
             map.remove(&id);
@@ -193,7 +193,7 @@ struct Source {
 /// Spawns the command and runs it to its end: the `Exit` status, or an error code and message.
 fn run(
     ctx: &Ctx,
-    id: u32,
+    id: RequestId,
     plan: Plan,
     req: &ExecRequest,
     stdin_data: Vec<u8>,

@@ -19,7 +19,7 @@ use std::os::fd::FromRawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sandpool_supervisor::proto::{self, Failure, Frame, Kind, Pong};
+use sandpool_supervisor::proto::{self, Failure, Frame, Kind, Pong, RequestId};
 
 /// The uid and gid everything done for the tenant runs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +53,12 @@ impl Out {
         }
     }
 
-    pub fn error(&self, id: u32, code: &str, message: impl Into<String>) {
+    pub fn error(&self, id: RequestId, code: &str, message: impl Into<String>) {
         self.send(&failure(id, code, message));
     }
 }
 
-fn failure(id: u32, code: &str, message: impl Into<String>) -> Frame {
+fn failure(id: RequestId, code: &str, message: impl Into<String>) -> Frame {
     let failure = Failure {
         code: code.to_string(),
         message: message.into(),
@@ -71,11 +71,45 @@ pub struct Ctx {
     pub out: Out,
     pub tenant: Tenant,
     pub execs: exec::Registry,
+    /// The newest generation served and its holder (see `proto::Frame::generation`).
+    pub fence: Mutex<Fence>,
+}
+
+/// The newest generation this supervisor has served, and who made its first request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fence {
+    pub generation: u64,
+    pub holder: u64,
+}
+
+/// What a request's generation means (see [`Fence::admit`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// The current generation: served.
+    Current,
+    /// A newer one: it becomes current, and older generations' commands are killed.
+    Newer,
+    /// An older one: refused (`fenced`); the current generation is given.
+    Stale(u64),
+}
+
+impl Fence {
+    fn admit(&mut self, generation: u64, holder: u64) -> Admit {
+        use std::cmp::Ordering::*;
+        match generation.cmp(&self.generation) {
+            Equal => Admit::Current,
+            Greater => {
+                *self = Fence { generation, holder };
+                Admit::Newer
+            }
+            Less => Admit::Stale(self.generation),
+        }
+    }
 }
 
 /// Runs `body` for request `id` on a new thread and sends its reply (`Result` or `Error`).
 /// A panic becomes an `Error` too, so the host is never left waiting.
-pub fn worker<F>(ctx: &Arc<Ctx>, id: u32, name: &str, stack: usize, body: F)
+pub fn worker<F>(ctx: &Arc<Ctx>, id: RequestId, name: &str, stack: usize, body: F)
 where
     F: FnOnce() -> Reply + Send + 'static,
 {
@@ -91,14 +125,9 @@ where
 }
 
 /// Runs `body` (catching a panic) and sends its reply for request `id`.
-pub fn answer(out: &Out, id: u32, body: impl FnOnce() -> Reply) {
+pub fn answer(out: &Out, id: RequestId, body: impl FnOnce() -> Reply) {
     let frame = match std::panic::catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok((head, data))) => Frame {
-            kind: Kind::Result,
-            id,
-            head,
-            body: data,
-        },
+        Ok(Ok((head, data))) => Frame::new(Kind::Result, id).head_bytes(head).body(data),
         Ok(Err((code, message))) => failure(id, code, message),
         Err(_) => failure(id, "io", "internal error in the supervisor"),
     };
@@ -159,6 +188,7 @@ fn main() {
         },
         tenant,
         execs: exec::Registry::default(),
+        fence: Mutex::new(Fence::default()),
     });
     // Started now, while threads can still be had: a tenant's fork bomb that exhausts the
     // pids limit must not keep the scrub that ends it from running.
@@ -199,8 +229,34 @@ fn serve(ctx: &Arc<Ctx>) -> i32 {
 }
 
 /// Routes one request. Nothing here blocks for long: the work runs on other threads.
+///
+/// Every request but a `Ping` of generation 0 passes the fence first: only the newest
+/// generation is served. A request of a newer one kills the commands of older ones (their
+/// holder lost the sandbox); one of an older generation is refused with `fenced` (a `Kill`
+/// or `Credit` of one is dropped: its command is gone already). A `Ping` of generation 0 is
+/// read-only and answers every host, with the current generation and holder, so that a host
+/// can learn who serves the sandbox; a `Ping` with a generation is a claim.
 fn dispatch(ctx: &Arc<Ctx>, frame: Frame) {
     let id = frame.id;
+    if frame.kind != Kind::Ping || frame.generation != 0 {
+        let admit = ctx
+            .fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(frame.generation, frame.holder);
+        match admit {
+            Admit::Current => {}
+            Admit::Newer => ctx.execs.kill_and_forget_all(),
+            Admit::Stale(_) if matches!(frame.kind, Kind::Kill | Kind::Credit) => return,
+            Admit::Stale(current) => {
+                let why = format!(
+                    "generation {} is older than {current}: another holder has this sandbox",
+                    frame.generation
+                );
+                return ctx.out.error(id, "fenced", why);
+            }
+        }
+    }
     match frame.kind {
         Kind::Exec => exec::start(ctx, frame),
         Kind::Kill => ctx.execs.kill(id),
@@ -214,10 +270,13 @@ fn dispatch(ctx: &Arc<Ctx>, frame: Frame) {
         Kind::Scrub => scrub::start(ctx, frame, true),
         Kind::Verify => scrub::start(ctx, frame, false),
         Kind::Ping => {
+            let fence = *ctx.fence.lock().unwrap_or_else(PoisonError::into_inner);
             let pong = Pong {
                 pid: std::process::id() as i32,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 running: ctx.execs.len() as u32,
+                generation: fence.generation,
+                holder: fence.holder,
             };
             ctx.out.send(&Frame::with_head(Kind::Result, id, &pong));
         }
@@ -233,6 +292,18 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_the_newest_generation_is_served() {
+        let mut fence = Fence::default();
+        assert_eq!(fence.admit(5, 1), Admit::Newer);
+        assert_eq!(fence.admit(5, 2), Admit::Current);
+        assert_eq!(fence.admit(4, 2), Admit::Stale(5));
+        assert_eq!(fence.admit(0, 1), Admit::Stale(5));
+        assert_eq!(fence.admit(9, 2), Admit::Newer);
+        assert_eq!((fence.generation, fence.holder), (9, 2));
+        assert_eq!(fence.admit(5, 1), Admit::Stale(9));
     }
 
     #[test]

@@ -9,8 +9,13 @@ pub const MAX_FRAME_BYTES: usize = 4 << 20;
 pub const DEFAULT_WINDOW_BYTES: u32 = 256 << 10;
 /// The most output one `Stdout`/`Stderr` frame carries.
 pub const MAX_CHUNK_BYTES: usize = 32 << 10;
-/// Bytes of the fixed part after the length field: kind, id, head length.
-const FIXED_BYTES: usize = 1 + 4 + 4;
+/// Bytes of the fixed part after the length field: kind, generation, holder, id, head length.
+const FIXED_BYTES: usize = 1 + 8 + 8 + 8 + 4;
+
+/// A request's id: chosen by the host, unique per link. The host starts each link's ids at a
+/// random 64-bit base, so that ids of two links to one supervisor never collide (a frozen
+/// replica's link and the link of the replica that took its sandbox over).
+pub type RequestId = u64;
 
 /// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +81,16 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub kind: Kind,
-    pub id: u32,
+    /// The fencing token of the lease a host request is made under (its generation). The
+    /// supervisor serves only the newest generation it has seen: a request of an older one
+    /// is refused (`fenced`), and a newer one kills every command of older ones first.
+    /// Replies carry the supervisor's current generation.
+    pub generation: u64,
+    /// Who made the request: a hash of the host instance's id (see [`holder_of`]). The
+    /// supervisor remembers the holder of its newest generation and reports it in `Pong`, so
+    /// that a restarted replica can see a sandbox labeled with its id is served by another.
+    pub holder: u64,
+    pub id: RequestId,
     /// JSON, or empty.
     pub head: Vec<u8>,
     pub body: Vec<u8>,
@@ -105,9 +119,11 @@ impl std::fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Frame {
-    pub fn new(kind: Kind, id: u32) -> Frame {
+    pub fn new(kind: Kind, id: RequestId) -> Frame {
         Frame {
             kind,
+            generation: 0,
+            holder: 0,
             id,
             head: Vec::new(),
             body: Vec::new(),
@@ -115,9 +131,11 @@ impl Frame {
     }
 
     /// A frame whose head is `head` as JSON.
-    pub fn with_head<T: Serialize>(kind: Kind, id: u32, head: &T) -> Frame {
+    pub fn with_head<T: Serialize>(kind: Kind, id: RequestId, head: &T) -> Frame {
         Frame {
             kind,
+            generation: 0,
+            holder: 0,
             id,
             // Serializing these plain structs cannot fail.
             head: serde_json::to_vec(head).unwrap_or_default(),
@@ -127,6 +145,19 @@ impl Frame {
 
     pub fn body(mut self, body: Vec<u8>) -> Frame {
         self.body = body;
+        self
+    }
+
+    /// The frame with `head` (JSON already).
+    pub fn head_bytes(mut self, head: Vec<u8>) -> Frame {
+        self.head = head;
+        self
+    }
+
+    /// The frame made under `generation` by `holder`.
+    pub fn fenced(mut self, generation: u64, holder: u64) -> Frame {
+        self.generation = generation;
+        self.holder = holder;
         self
     }
 
@@ -141,6 +172,8 @@ impl Frame {
         let mut out = Vec::with_capacity(4 + len);
         out.extend_from_slice(&(len as u32).to_be_bytes());
         out.push(self.kind as u8);
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.extend_from_slice(&self.holder.to_be_bytes());
         out.extend_from_slice(&self.id.to_be_bytes());
         out.extend_from_slice(&(self.head.len() as u32).to_be_bytes());
         out.extend_from_slice(&self.head);
@@ -162,8 +195,13 @@ impl Frame {
             return Ok(None);
         }
         let kind = Kind::from_u8(buf[4]).ok_or(DecodeError::UnknownKind(buf[4]))?;
-        let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
-        let head_len = u32::from_be_bytes([buf[9], buf[10], buf[11], buf[12]]) as usize;
+        let u64_at = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&buf[at..at + 8]);
+            u64::from_be_bytes(bytes)
+        };
+        let (generation, holder, id) = (u64_at(5), u64_at(13), u64_at(21));
+        let head_len = u32::from_be_bytes([buf[29], buf[30], buf[31], buf[32]]) as usize;
         if head_len > len - FIXED_BYTES {
             return Err(DecodeError::BadHeadLength(head_len));
         }
@@ -171,6 +209,8 @@ impl Frame {
         let body_start = head_start + head_len;
         let frame = Frame {
             kind,
+            generation,
+            holder,
             id,
             head: buf[head_start..body_start].to_vec(),
             body: buf[body_start..4 + len].to_vec(),
@@ -343,6 +383,25 @@ pub struct Pong {
     pub version: String,
     /// Commands running now.
     pub running: u32,
+    /// The newest generation served (0: none yet).
+    #[serde(default)]
+    pub generation: u64,
+    /// Who made the first request of that generation ([`holder_of`] of its instance id).
+    #[serde(default)]
+    pub holder: u64,
+}
+
+/// The `holder` of a host instance: the first 8 bytes of a 64-bit FNV-1a hash of its id.
+/// Not a secret and not a credential: only a way for a sandbox to say which instance last
+/// claimed it (the supervisor cannot be reached by anyone but the engine's API users).
+pub fn holder_of(instance_id: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in instance_id.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // 0 means "nobody"; an instance never hashes to it.
+    hash.max(1)
 }
 
 /// Head of `Error`.
@@ -350,7 +409,8 @@ pub struct Pong {
 pub struct Failure {
     /// A stable code: `not_found`, `permission_denied`, `already_exists`, `is_directory`,
     /// `not_directory`, `not_empty`, `too_large`, `bad_request`, `spawn_failed`,
-    /// `busy`, `io`.
+    /// `busy`, `io`, and `fenced` (the request's generation is older than the newest the
+    /// supervisor has served: another holder has the sandbox now).
     pub code: String,
     pub message: String,
 }
@@ -368,10 +428,14 @@ mod tests {
                 pid: 1,
                 version: "x".into(),
                 running: 0,
+                generation: 3,
+                holder: 4,
             },
         )
         .body(b"stdin".to_vec());
-        let b = Frame::new(Kind::Stdout, 9).body(vec![0x10, 0x11, 0, 255]);
+        let b = Frame::new(Kind::Stdout, u64::MAX - 9)
+            .body(vec![0x10, 0x11, 0, 255])
+            .fenced(7 << 32 | 3, holder_of("replica-a"));
         let wire: Vec<u8> = [a.encode(), b.encode()].concat();
         let mut buf = Vec::new();
         let mut got = Vec::new();
@@ -402,7 +466,7 @@ mod tests {
         kind[4] = 200;
         assert_eq!(Frame::decode(&mut kind), Err(DecodeError::UnknownKind(200)));
         let mut head = Frame::new(Kind::Ping, 1).encode();
-        head[12] = 50;
+        head[32] = 50;
         assert_eq!(
             Frame::decode(&mut head),
             Err(DecodeError::BadHeadLength(50))

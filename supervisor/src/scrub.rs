@@ -16,12 +16,12 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use sandpool_supervisor::proto::{Frame, ScrubRequest, Verdict, WritablePath};
+use sandpool_supervisor::proto::{Frame, RequestId, ScrubRequest, Verdict, WritablePath};
 
 use crate::{Ctx, Reply, Tenant, procs, sys};
 
 /// The scrub thread's queue of `(id, request, clean)`.
-type Job = (u32, ScrubRequest, bool);
+type Job = (RequestId, ScrubRequest, bool);
 static JOBS: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
 /// The cleaning recurses through tenant-made trees of any depth.
 const STACK: usize = 64 << 20;

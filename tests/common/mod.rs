@@ -3,7 +3,6 @@
 //! tiny HTTP client and a fault-injecting Docker endpoint.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,7 +12,7 @@ use std::time::Duration;
 
 use sandpool::config::Config;
 use sandpool::docker::DockerGate;
-use sandpool::pool::{CommandOutput, CommandSpec};
+use sandpool::pool::{CommandOutput, CommandSpec, LeaseRef};
 use sandpool::pool::{ContainerPool, NoopObserver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -140,9 +139,14 @@ pub async fn real_gate(config: &Config) -> Arc<DockerGate> {
 /// A started pool on the real engine.
 pub async fn start_pool(config: &Config) -> ContainerPool {
     let gate = real_gate(config).await;
-    ContainerPool::start(gate, config, Arc::new(NoopObserver), &HashSet::new())
-        .await
-        .expect("pool starts")
+    ContainerPool::start(
+        gate,
+        config,
+        Arc::new(NoopObserver),
+        sandpool::pool::Startup::default(),
+    )
+    .await
+    .expect("pool starts")
 }
 
 /// A started pool, watched by `cleanup`, with at least `min_idle` idle containers; fails the
@@ -168,11 +172,9 @@ pub async fn shutdown_leaves_nothing(pool: &ContainerPool, instance: &str) {
 
 /// Runs `script` with `sh -c` as the sandbox user in `/workspace`, through the sandbox's
 /// supervisor.
-pub async fn sh(pool: &ContainerPool, container: &str, script: &str) -> CommandOutput {
+pub async fn sh(pool: &ContainerPool, lease: &LeaseRef, script: &str) -> CommandOutput {
     let spec = CommandSpec::shell(script, Duration::from_secs(20), 1 << 20);
-    pool.run(container, &spec, None)
-        .await
-        .expect("command runs")
+    pool.run(lease, &spec, None).await.expect("command runs")
 }
 
 pub fn text(bytes: &[u8]) -> String {

@@ -37,8 +37,6 @@ pub(super) async fn on_connect(
         Ok((session, token, acquire_ms, resumed)) => {
             let conn = Arc::new(Conn {
                 session_id: session.id.clone(),
-                container_id: session.container_id.clone(),
-                inflight: Arc::new(Semaphore::new(api.limits.max_inflight_per_session)),
                 pending: Mutex::new(HashMap::new()),
             });
             api.bind(&session.id, &socket);

@@ -20,7 +20,7 @@ use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 mod handlers;
 mod payload;
@@ -61,9 +61,6 @@ pub struct SocketApi {
 /// One connection's session.
 struct Conn {
     session_id: String,
-    container_id: String,
-    /// Commands running now (`max_inflight_per_session` permits).
-    inflight: Arc<Semaphore>,
     /// Proposed tool calls waiting for approval: call id → command.
     pending: Mutex<HashMap<String, String>>,
 }
@@ -323,7 +320,7 @@ impl SocketApi {
         let result = self
             .sessions
             .run_command(
-                &conn.container_id,
+                &conn.session_id,
                 command,
                 timeout,
                 self.limits.exec_output_limit_bytes,
@@ -356,16 +353,12 @@ impl SocketApi {
         })
     }
 
+    /// A place among the session's running commands: the bound is the session's, over all
+    /// its connections and resumes on this replica.
     fn permit(&self, conn: &Conn) -> Result<OwnedSemaphorePermit, ApiError> {
-        conn.inflight.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(
-                ErrorCode::TooManyRequests,
-                format!(
-                    "at most {} commands may run at once in a session",
-                    self.limits.max_inflight_per_session
-                ),
-            )
-        })
+        self.sessions
+            .command_permit(&conn.session_id)
+            .map_err(|e| (&e).into())
     }
 }
 
