@@ -355,6 +355,42 @@ const scenarios = {
     return { waitedMs };
   },
 
+  // A client that leaves, leaves (issue 14, item 8). LIVE sessions fill the pool; FLOOD
+  // anonymous sockets wait in its line, then all drop at once (half with a socket.io
+  // disconnect, half by cutting the connection); NEWCOMERS real clients join the line; as many
+  // live sessions end. Returns each newcomer's place in the line and how long after the frees
+  // began it heard `session` (null: not within SERVE_WAIT_MS).
+  async flood_queue() {
+    const [live, flood, comers, serveWait] = ["LIVE", "FLOOD", "NEWCOMERS", "SERVE_WAIT_MS"]
+      .map((k) => Number(process.env[k]));
+    const held = await Promise.all(Array.from({ length: live }, () => session()));
+    const dropped = await Promise.all(Array.from({ length: flood }, () => {
+      const s = connect();
+      return once(s, "queue").then(() => s);
+    }));
+    await step("flooded");
+    dropped.forEach((s, i) => (i % 2 ? s.io.engine.close() : s.close()));
+    await step("dropped");
+    const newcomers = Array.from({ length: comers }, () => {
+      const s = connect();
+      s.on("session", () => { s.sessionAt = Date.now(); });
+      return s;
+    });
+    const places = await Promise.all(newcomers.map((s) => once(s, "queue")));
+    await step("queued");
+    const freedAt = Date.now();
+    const ends = await Promise.all(held.slice(0, comers).map((s) => ack(s, "session:end")));
+    for (const e of ends) assert.equal(e.ok, true);
+    const waitedMs = await Promise.all(newcomers.map((s) =>
+      until(() => s.sessionAt, "session", serveWait).then(() => s.sessionAt - freedAt, () => null)));
+    await step("served");
+    return {
+      positions: places.map((p) => p.position),
+      waitedMs,
+      errors: newcomers.flatMap((s) => s.errors),
+    };
+  },
+
   // Another session cannot approve a session's tool call.
   async cross_session() {
     const a = await session();

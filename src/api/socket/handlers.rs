@@ -13,6 +13,9 @@ pub(super) async fn prepare(socket: SocketRef) -> Result<(), Infallible> {
     let (tx, rx) = watch::channel(Slot::Pending);
     socket.extensions.insert(ConnSlot(rx));
     socket.extensions.insert(SlotSender(Arc::new(tx)));
+    socket
+        .extensions
+        .insert(Departure(CancellationToken::new()));
     socket.on("exec", on_exec);
     socket.on("message", on_message);
     socket.on("tool:approval", on_approval);
@@ -28,49 +31,86 @@ pub(super) async fn on_connect(
     State(api): State<Arc<SocketApi>>,
 ) {
     let started = Instant::now();
-    let Some(SlotSender(tx)) = socket.extensions.get::<SlotSender>() else {
+    let (Some(SlotSender(tx)), Some(Departure(departure))) = (
+        socket.extensions.get::<SlotSender>(),
+        socket.extensions.get::<Departure>(),
+    ) else {
         tracing::warn!("connection without a session slot");
         let _ = socket.disconnect();
         return;
     };
-    match api.establish(&socket, auth.ok()).await {
-        Ok((session, token, acquire_ms, resumed)) => {
-            let conn = Arc::new(Conn {
-                session_id: session.id.clone(),
-                pending: Mutex::new(HashMap::new()),
-            });
-            api.bind(&session.id, &socket);
-            let _ = tx.send(Slot::Ready(conn));
-            if !socket.connected() {
-                // The client left while its session was being set up, before the disconnect
-                // handler could see the session: detach it here so that the grace applies.
-                if api.unbind_if_current(&session.id, &socket) {
-                    api.sessions.detach(&session.id).await;
-                }
-                return;
-            }
-            let workspace: String = session.container_id.chars().take(12).collect();
-            // A resumed session's token is the one the client already has; it is not sent again.
-            let payload = SessionPayload {
-                session_id: &session.id,
-                resume_token: token.as_deref().unwrap_or(""),
-                workspace_id: &workspace,
-                acquire_ms,
-                resumed,
-                instance: api.sessions.instance(),
-            };
-            let _ = socket.emit("session", &payload);
-            api.metrics.handout(started.elapsed());
-            if started.elapsed() > Duration::from_secs(1) {
-                tracing::warn!(session_id = %session.id, elapsed_ms = started.elapsed().as_millis() as u64, "slow session handout");
-            }
-            tracing::info!(session_id = %session.id, container_id = %session.container_id, acquire_ms, resumed, "session ready");
+    let Established {
+        session,
+        resume_token,
+        acquire_ms,
+    } = match api.establish(&socket, auth.ok(), &departure).await {
+        Ok(established) => established,
+        Err(NoSession::Left) => {
+            tracing::debug!("the client left before it had its session");
+            let _ = tx.send(Slot::Failed);
+            return;
         }
-        Err(error) => {
+        Err(NoSession::Refused(error)) => {
             let _ = tx.send(Slot::Failed);
             api.fail(&socket, None, error, None);
             let _ = socket.disconnect();
+            return;
         }
+    };
+    let resumed = resume_token.is_none();
+    // Opened, but the client is gone: it never heard its resume token, so nobody can come
+    // back for this session. It ends now and its sandbox goes to the next caller, instead of
+    // being held for the reconnect grace.
+    if !resumed && (departure.is_cancelled() || !socket.connected()) {
+        let _ = tx.send(Slot::Failed);
+        end_unheard(&api, &session.id).await;
+        return;
+    }
+    let conn = Arc::new(Conn {
+        session_id: session.id.clone(),
+        pending: Mutex::new(HashMap::new()),
+    });
+    api.bind(&session.id, &socket);
+    let workspace: String = session.container_id.chars().take(12).collect();
+    // A resumed session's token is the one the client already has; it is not sent again.
+    let payload = SessionPayload {
+        session_id: &session.id,
+        resume_token: resume_token.as_deref().unwrap_or(""),
+        workspace_id: &workspace,
+        acquire_ms,
+        resumed,
+        instance: api.sessions.instance(),
+    };
+    let heard = socket.emit("session", &payload).is_ok();
+    if !heard && !resumed && !socket.connected() {
+        // Gone just now: as above (the slot never says ready, so the disconnect handler
+        // leaves the session to this one).
+        api.unbind_if_current(&session.id, &socket);
+        let _ = tx.send(Slot::Failed);
+        end_unheard(&api, &session.id).await;
+        return;
+    }
+    let _ = tx.send(Slot::Ready(conn));
+    if !socket.connected() {
+        // The client left while its session was being set up, before the disconnect handler
+        // could see the session: it may have its token, so the grace applies.
+        if api.unbind_if_current(&session.id, &socket) {
+            api.sessions.detach(&session.id).await;
+        }
+        return;
+    }
+    api.metrics.handout(started.elapsed());
+    if started.elapsed() > Duration::from_secs(1) {
+        tracing::warn!(session_id = %session.id, elapsed_ms = started.elapsed().as_millis() as u64, "slow session handout");
+    }
+    tracing::info!(session_id = %session.id, container_id = %session.container_id, acquire_ms, resumed, "session ready");
+}
+
+/// Ends a new session whose client left before it could hear of it.
+async fn end_unheard(api: &SocketApi, session_id: &str) {
+    tracing::info!(%session_id, "the client left before it heard of its session: ending it");
+    if let Err(error) = api.sessions.end(session_id, EndReason::Disconnected).await {
+        tracing::warn!(%session_id, %error, "ending a session nobody heard of failed; it expires after the grace");
     }
 }
 
@@ -317,6 +357,10 @@ pub(super) async fn on_unknown(
 }
 
 pub(super) async fn on_disconnect(socket: SocketRef, State(api): State<Arc<SocketApi>>) {
+    // First: a session still being opened for this socket is dropped (`on_connect`).
+    if let Some(Departure(departure)) = socket.extensions.get::<Departure>() {
+        departure.cancel();
+    }
     let Some(ConnSlot(rx)) = socket.extensions.get::<ConnSlot>() else {
         return;
     };

@@ -21,6 +21,7 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 mod handlers;
 mod payload;
@@ -79,6 +80,35 @@ struct ConnSlot(watch::Receiver<Slot>);
 /// The setting side of [`ConnSlot`], kept by the connect handler.
 #[derive(Clone)]
 struct SlotSender(Arc<watch::Sender<Slot>>);
+
+/// Cancelled when the connection closes: a session being opened for it is dropped at once
+/// (it leaves the pool's line, or gives back the sandbox it had), so a client that left takes
+/// no place in the line and no sandbox. Made by the connect middleware, fired by the
+/// disconnect handler.
+#[derive(Clone)]
+struct Departure(CancellationToken);
+
+/// Why a connection got no session.
+enum NoSession {
+    /// Refused: the client is told why, then disconnected.
+    Refused(ApiError),
+    /// The client left while its session was being opened; nothing was kept for it.
+    Left,
+}
+
+impl From<ApiError> for NoSession {
+    fn from(error: ApiError) -> Self {
+        Self::Refused(error)
+    }
+}
+
+/// A connection's session, as set up by [`SocketApi::establish`].
+struct Established {
+    session: Session,
+    /// The new session's resume token (`None` for a resumed session: the client has it).
+    resume_token: Option<String>,
+    acquire_ms: u64,
+}
 
 /// The ack of an event, and whether the client asked for one.
 pub struct Reply {
@@ -206,12 +236,20 @@ impl SocketApi {
         Ok(conn)
     }
 
-    /// Resumes the session named in `auth`, or opens a new one.
+    /// Resumes the session named in `auth`, or opens a new one. An open (queued for a
+    /// sandbox, or making one) is dropped the moment `departure` fires: dropping it leaves
+    /// the pool's line and gives back a sandbox already taken (`SessionManager::open_as` is
+    /// cancel-safe). A resume is not raced: it is short and not cancel-safe half-way; a
+    /// client that left during one gets the grace as after any drop.
     async fn establish(
         &self,
         socket: &SocketRef,
         auth: Option<Value>,
-    ) -> Result<(Session, Option<String>, u64, bool), ApiError> {
+        departure: &CancellationToken,
+    ) -> Result<Established, NoSession> {
+        if departure.is_cancelled() {
+            return Err(NoSession::Left);
+        }
         let started = Instant::now();
         let auth = auth.filter(|a| !a.is_null());
         // Who this is, before anything is taken: refused here, the client holds nothing.
@@ -226,39 +264,50 @@ impl SocketApi {
                 Ok(Some((id, token))) => {
                     match self.sessions.resume_as(&id, &token, subject).await {
                         Ok(session) => {
-                            return Ok((session, None, started.elapsed().as_millis() as u64, true));
+                            return Ok(Established {
+                                session,
+                                resume_token: None,
+                                acquire_ms: started.elapsed().as_millis() as u64,
+                            });
                         }
                         Err(e @ (SessionError::Expired(_) | SessionError::BadToken(_))) => {
                             // Never the old session: say so, then open a new one.
                             self.fail(socket, None, (&e).into(), None);
                         }
-                        Err(e) => return Err((&e).into()),
+                        Err(e) => return Err(ApiError::from(&e).into()),
                     }
                 }
                 Ok(None) => {}
                 Err(e) => self.fail(socket, None, e, None),
             }
         }
-        // While the pool's queue holds this client, it hears its place as it moves.
-        let queued = socket.clone();
+        // While the pool's queue holds this client, it hears its place as it moves. A place
+        // that cannot be sent because the connection is closed means the client left, even
+        // if the disconnect handler has not said so (yet).
+        let (queued, gone) = (socket.clone(), departure.clone());
         let mut on_place = move |place: Place| {
             let payload = QueuePayload {
                 position: place.position,
                 estimate_ms: place.estimate_ms,
             };
-            let _ = queued.emit("queue", &payload);
+            if let Err(SendError::Socket(SocketError::Closed)) = queued.emit("queue", &payload) {
+                gone.cancel();
+            }
         };
-        let opened = self
-            .sessions
-            .open_as(&mut on_place, subject)
-            .await
-            .map_err(|e| ApiError::from(&e))?;
-        Ok((
-            opened.session,
-            Some(opened.resume_token),
-            opened.lease.waited.as_millis() as u64,
-            false,
-        ))
+        let opened = tokio::select! {
+            // A client that left and a sandbox handed over at the same moment: the client
+            // wins, and the dropped open passes the sandbox on.
+            biased;
+            () = departure.cancelled() => return Err(NoSession::Left),
+            opened = self.sessions.open_as(&mut on_place, subject) => {
+                opened.map_err(|e| ApiError::from(&e))?
+            }
+        };
+        Ok(Established {
+            session: opened.session,
+            resume_token: Some(opened.resume_token),
+            acquire_ms: opened.lease.waited.as_millis() as u64,
+        })
     }
 
     /// Binds a session to this socket; a socket bound to it before is told and closed.
