@@ -587,6 +587,55 @@ const scenarios = {
     return { waitedMs: sess.acquireMs };
   },
 
+  // Issue 14's scenario, as written: alice's replica A is killed; she resumes through B once
+  // A's heartbeat lapses, and her file is there. A starts again with the same instance id:
+  // it must neither scrub her sandbox nor hand it to a newcomer. (env URL_B: replica B.)
+  async stale_owner() {
+    const env = process.env;
+    const alice = await session();
+    await exec(alice, "echo alice > /workspace/alice.txt");
+    const { sessionId, resumeToken, workspaceId } = alice.session;
+    await step("kill_a");
+    // Refused as held elsewhere until A's heartbeat lapses; then taken over by B.
+    let back;
+    const end = Date.now() + 60000;
+    for (;;) {
+      const s = connect({ sessionId, resumeToken }, env.URL_B);
+      const got = await Promise.race([
+        once(s, "session", 20000).then((x) => ({ x })),
+        once(s, "sandpool:error", 20000).then((e) => ({ e })),
+      ]);
+      if (got.x) { back = s; back.session = got.x; break; }
+      s.disconnect();
+      assert.ok(Date.now() < end, `alice never resumed on B: ${JSON.stringify(got.e)}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.equal(back.session.resumed, true);
+    assert.equal(back.session.workspaceId, workspaceId);
+    assert.equal((await exec(back, "cat /workspace/alice.txt")).stdout, "alice\n");
+    await step("restart_a");
+    // Newcomers on the restarted A: none gets alice's sandbox or sees her file, however long
+    // A's start-up reconciliation and its loops run meanwhile.
+    const newcomers = [];
+    for (let i = 0; i < 4; i++) {
+      const n = await session();
+      assert.notEqual(n.session.workspaceId, workspaceId, "a newcomer got alice's sandbox");
+      const r = await exec(n, "ls -A /workspace; echo mine-" + i + " > /workspace/n.txt");
+      assert.equal(r.stdout, "", `a newcomer sees files: ${r.stdout}`);
+      newcomers.push(n);
+    }
+    await step("a_reconciled");
+    for (let round = 0; round < 3; round++) {
+      const r = await exec(back, "cat /workspace/alice.txt; ls /workspace");
+      assert.equal(r.exitCode, 0, JSON.stringify(r));
+      assert.equal(r.stdout, "alice\nalice.txt\n", "alice's sandbox changed under her");
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.deepEqual(back.errors, []);
+    assert.deepEqual(back.expired, []);
+    return { newcomers: newcomers.length };
+  },
+
   // The janitor ends an idle session and tells its socket.
   async idle_expiry() {
     const s = await session();
