@@ -45,6 +45,13 @@ pub struct Metrics {
     handout_seconds: Histogram,
     exec_seconds: Family<OutcomeLabel, Histogram>,
     api_errors: Family<CodeLabel, Counter>,
+    ownership_events: Family<EventLabel, Counter>,
+    bus_up: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -143,6 +150,18 @@ impl Metrics {
             "Errors sent to clients, by code",
             api_errors.clone(),
         );
+        let ownership_events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "ownership_events",
+            "Sessions that changed hands through this replica (handed_out, handed_in, taken_over, drained) and operations refused under a stale lease (stale_refused)",
+            ownership_events.clone(),
+        );
+        let bus_up = Gauge::default();
+        registry.register(
+            "bus_up",
+            "1 while this replica's hand-over bus subscription is up",
+            bus_up.clone(),
+        );
         registry.register_collector(Box::new(GateCounters { gate }));
         Arc::new(Self {
             registry,
@@ -159,6 +178,8 @@ impl Metrics {
             handout_seconds,
             exec_seconds,
             api_errors,
+            ownership_events,
+            bus_up,
         })
     }
 
@@ -214,6 +235,12 @@ impl Metrics {
                 })
                 .set(i64::from(state == gate.breaker));
         }
+        // The session layer keeps these as plain totals; the counters catch up to them.
+        for (event, total) in sessions.ownership_counts() {
+            let counter = self.ownership_events.get_or_create(&EventLabel { event });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        self.bus_up.set(i64::from(sessions.bus_up()));
         let mut out = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(%error, "encoding metrics failed");

@@ -278,3 +278,111 @@ async fn the_supervisor_serves_only_the_newest_holder() {
     b.release(&taken).unwrap();
     b.shutdown(Duration::from_secs(20)).await;
 }
+
+/// A rolling restart loses no session and no file: a replica stopped with SIGTERM while a
+/// peer lives hands its sessions over (the client hears `moved` and resumes on the peer, same
+/// sandbox). The last replica, with no peer left, ends its sessions and leaves no container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_live_peer_hands_sessions_over_and_the_last_leaves_nothing() {
+    let redis = RedisServer::start().await;
+    let (ia, ib) = (unique_instance("own-da"), unique_instance("own-db"));
+    let (_ca, _cb) = (Cleanup::new(&ia), Cleanup::new(&ib));
+    let env = replica_env(&redis);
+    let a = replica(&ia, &env).await;
+    let b = replica(&ib, &env).await;
+    let url_b = format!("http://{}", b.addr);
+    let a_addr = a.addr;
+    let mut a = Some(a);
+    tokio::task::block_in_place(|| {
+        run_scenario("drain", a_addr, &[("URL_B", &url_b)], |step| match step {
+            "term_a" => {
+                let status = sigterm_and_wait(a.take().expect("A runs"));
+                assert!(status.success(), "A stops cleanly: {status}");
+            }
+            other => panic!("unknown step {other}"),
+        })
+    });
+    // B holds alice's sandbox (labeled with A) and the rest of its pool; stopping B, the
+    // last replica, ends everything and removes every sandbox of both labels.
+    let status = tokio::task::block_in_place(|| sigterm_and_wait(b));
+    assert!(status.success(), "B stops cleanly: {status}");
+    let left: Vec<String> = labeled_containers(&ia)
+        .into_iter()
+        .chain(labeled_containers(&ib))
+        .collect();
+    assert!(left.is_empty(), "containers left behind: {left:?}");
+}
+
+/// Waits until the replica's `/readyz` reports its hand-over bus `up`.
+async fn bus_up(addr: std::net::SocketAddr) {
+    within(30, "bus subscribed again", async {
+        loop {
+            if let Some((_, body)) = try_http_get(addr, "/readyz").await
+                && body.contains("\"bus\":\"up\"")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+/// The hand-over bus is subscribed again after Redis restarts (with its data lost): a live
+/// owner still answers, and a resume through another replica is handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_comes_back_after_redis_restarts() {
+    let mut redis = RedisServer::start().await;
+    let (ia, ib) = (unique_instance("own-ba"), unique_instance("own-bb"));
+    let (_ca, _cb) = (Cleanup::new(&ia), Cleanup::new(&ib));
+    let env = replica_env(&redis);
+    let a = replica(&ia, &env).await;
+    let b = replica(&ib, &env).await;
+    let url_b = format!("http://{}", b.addr);
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    let out = tokio::task::block_in_place(|| {
+        run_scenario(
+            "bus_restart",
+            a_addr,
+            &[("URL_B", &url_b)],
+            |step| match step {
+                "restart_redis" => {
+                    let rt = tokio::runtime::Handle::current();
+                    rt.block_on(async {
+                        redis.restart().await;
+                        bus_up(a_addr).await;
+                        bus_up(b_addr).await;
+                    });
+                }
+                other => panic!("unknown step {other}"),
+            },
+        )
+    });
+    assert_eq!(out["instance"], ib.as_str(), "handed over to B");
+    drop((a, b));
+}
+
+/// Self-fencing: with Redis frozen, the replica stops serving its sessions within two
+/// thirds of the heartbeat TTL (a typed `unavailable`, nothing run), and serves again once its
+/// heartbeat is renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_renew_its_heartbeat_stops_serving() {
+    let redis = RedisServer::start().await;
+    let ia = unique_instance("own-sf");
+    let _ca = Cleanup::new(&ia);
+    let env = replica_env(&redis);
+    let a = replica(&ia, &env).await;
+    let a_addr = a.addr;
+    tokio::task::block_in_place(|| {
+        run_scenario("self_fence", a_addr, &[], |step| match step {
+            "freeze_redis" => {
+                redis.freeze(true);
+                // Past two thirds of the 3 s TTL since the last renewal.
+                std::thread::sleep(Duration::from_millis(3200));
+            }
+            "thaw_redis" => redis.freeze(false),
+            other => panic!("unknown step {other}"),
+        })
+    });
+    drop(a);
+}

@@ -711,6 +711,8 @@ async fn timeout_and_drop_kill_the_whole_tree() {
         .await
         .expect("acquire");
     assert_eq!(next.container_id, id.container_id);
+    // The same container, under its new lease.
+    let id = next.lease_ref();
     let left = procs_with(&pool, &id, "sleep 100").await;
     assert!(left.is_empty(), "the next holder sees {left:?}");
     assert_eq!(verify(&pool, &id).await, Verdict::Clean);
@@ -1309,6 +1311,8 @@ async fn fork_bomb_against_the_pids_limit_is_scrubbed() {
         next.container_id, id.container_id,
         "one container: the same one comes back"
     );
+    // The same container, under its new lease.
+    let id = next.lease_ref();
     assert_eq!(verify(&pool, &id).await, Verdict::Clean);
     ping(&pool, &id).await.expect("ping");
     assert_only_init_supervisor_and_probe(&pool, &id).await;
@@ -1383,6 +1387,8 @@ async fn filling_memory_kills_the_tenant_not_the_supervisor() {
         .await
         .expect("acquire");
     assert_eq!(next.container_id, id.container_id);
+    // The same container, under its new lease.
+    let id = next.lease_ref();
     assert_eq!(verify(&pool, &id).await, Verdict::Clean);
     shutdown_leaves_nothing(&pool, &instance).await;
 }
@@ -1440,6 +1446,7 @@ async fn filling_tmpfs_past_the_memory_limit_never_yields_a_dirty_sandbox() {
                 .await
                 .expect("acquire");
             if next.container_id == id.container_id {
+                let id = next.lease_ref();
                 let out = run_sh(&pool, &id, "ls -A /workspace /tmp /home/sandbox /dev/shm").await;
                 assert!(!text(&out.stdout).contains("fill"), "{out:?}");
             }
@@ -1638,6 +1645,8 @@ async fn the_scrub_does_not_follow_tenant_symlinks_out_of_the_writable_paths() {
         .await
         .expect("acquire");
     assert_eq!(next.container_id, id.container_id);
+    // The same container, under its new lease.
+    let id = next.lease_ref();
     let out = run_sh(
         &pool,
         &id,
@@ -1787,6 +1796,8 @@ async fn the_scrub_removes_xattrs_acls_and_times_from_the_tenant_roots() {
         next.container_id, id.container_id,
         "one container: the same one comes back"
     );
+    // The same container, under its new lease.
+    let id = next.lease_ref();
 
     // Times first: the next command's upload moves the mtime of /workspace.
     let after = root_times(&pool, &id).await;

@@ -69,16 +69,30 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// 200 when the pool can hand out a sandbox now and the breaker is not open; else 503 with
-/// the reason.
+/// 200 when the pool can hand out a sandbox now, the breaker is not open and this replica
+/// serves (it has not self-fenced); else 503 with the reason. `bus` says whether the
+/// hand-over bus is subscribed (a replica whose bus is down still serves its own sessions,
+/// so it stays ready; others cannot hand sessions to it meanwhile).
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.sessions.readiness() {
-        Ok(()) => Json(json!({"ready": true})).into_response(),
+    let bus = if state.sessions.bus_up() {
+        "up"
+    } else {
+        "down"
+    };
+    let ready = state.sessions.readiness().and_then(|()| {
+        state
+            .sessions
+            .check_serving()
+            .map_err(|_| "this replica has stopped serving (self-fenced)")
+    });
+    match ready {
+        Ok(()) => Json(json!({"ready": true, "bus": bus})).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "ready": false,
                 "reason": reason,
+                "bus": bus,
                 "breaker": state.sessions.pool_status().gate.breaker.as_str(),
             })),
         )

@@ -161,7 +161,10 @@ impl ContainerPool {
         &self,
         lease: &LeaseRef,
     ) -> Result<oneshot::Receiver<RecycleOutcome>, PoolError> {
-        let sandbox = self.state().begin_release(lease)?;
+        let sandbox = self
+            .state()
+            .begin_release(lease)
+            .map_err(|e| self.refused(e))?;
         let (tx, rx) = oneshot::channel();
         let pool = self.clone();
         self.inner.tasks.spawn(async move {
@@ -176,7 +179,8 @@ impl ContainerPool {
     /// speaks to its supervisor, and its place is free again. Reconcile and shutdown leave it
     /// alone although it carries this instance's label.
     pub fn hand_over(&self, lease: &LeaseRef) -> bool {
-        let Ok(sandbox) = self.state().hand_over(lease) else {
+        let handed = self.state().hand_over(lease);
+        let Ok(sandbox) = handed.map_err(|e| self.refused(e)) else {
             return false;
         };
         if let Some(link) = &sandbox.link {
@@ -203,7 +207,10 @@ impl ContainerPool {
         &self,
         lease: &LeaseRef,
     ) -> Result<(Arc<SupervisorLink>, InFlight<'_>), PoolError> {
-        let link = self.state().begin_call(lease)?;
+        let link = self
+            .state()
+            .begin_call(lease)
+            .map_err(|e| self.refused(e))?;
         Ok((
             link,
             InFlight {
@@ -213,6 +220,17 @@ impl ContainerPool {
         ))
     }
 
+    /// Counts a refusal of a stale lease (for the metrics) and passes the error on.
+    fn refused(&self, e: PoolError) -> PoolError {
+        if let PoolError::Stale { lease } = &e {
+            self.inner
+                .stale_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(%lease, "refused an operation under a stale lease");
+        }
+        e
+    }
+
     /// What a call's result means for the lease: a `fenced` answer gives the sandbox up.
     fn fenced<T>(
         &self,
@@ -220,6 +238,9 @@ impl ContainerPool {
         result: Result<T, SupervisorError>,
     ) -> Result<T, PoolError> {
         if let Err(SupervisorError::Fenced(why)) = &result {
+            self.inner
+                .stale_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(%lease, why, "the sandbox's supervisor serves a newer holder; letting it go");
             self.hand_over(lease);
         }

@@ -238,6 +238,9 @@ pub struct PoolStatus {
     pub idle_target: usize,
     /// Callers queued for a sandbox.
     pub waiting: usize,
+    /// Operations refused because they named a stale lease, or that the sandbox's supervisor
+    /// fenced out (another holder served a newer generation), since start.
+    pub stale_refusals: u64,
     pub max: usize,
     pub image: String,
     pub instance: String,
@@ -274,6 +277,8 @@ struct Inner {
     refill: Notify,
     /// Woken when a call into a leased container ends, for a release waiting for them.
     call_done: Notify,
+    /// See `PoolStatus::stale_refusals`.
+    stale_refusals: std::sync::atomic::AtomicU64,
     observer: Arc<dyn PoolObserver>,
     /// Stops the background tasks.
     cancel: CancellationToken,
@@ -327,6 +332,7 @@ impl ContainerPool {
                 )),
                 refill: Notify::new(),
                 call_done: Notify::new(),
+                stale_refusals: Default::default(),
                 observer,
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -397,6 +403,10 @@ impl ContainerPool {
             min_idle: self.inner.config.min_idle,
             idle_target: counts.idle_target,
             waiting: counts.waiting,
+            stale_refusals: self
+                .inner
+                .stale_refusals
+                .load(std::sync::atomic::Ordering::Relaxed),
             max: self.inner.config.max,
             image: self.inner.image.clone(),
             instance: self.inner.instance_id.clone(),

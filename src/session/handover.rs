@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::EndReason;
-use super::manager::SessionManager;
+use super::manager::{Moves, SessionManager};
 use super::model::{Session, now_ms};
 use super::store::{BusMessage, StoreError};
 
@@ -149,6 +149,7 @@ impl SessionManager {
         self.take_local(session_id);
         self.tell_ended(&s, EndReason::Moved);
         self.pool().hand_over(&s.lease());
+        Moves::count(&self.inner.moves.handed_out);
         tracing::info!(session_id, to, "session released to another replica");
         true
     }

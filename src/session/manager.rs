@@ -110,6 +110,9 @@ pub(super) struct Local {
     /// The session's commands running now: the bound is the session's, whatever connection
     /// (or resume) runs them.
     pub(super) commands: Arc<Semaphore>,
+    /// Proposed tool calls waiting for the user's approval: call id → command. The session's,
+    /// so that a call proposed before a reconnect can be approved after it.
+    pub(super) proposals: HashMap<String, String>,
 }
 
 impl Local {
@@ -118,7 +121,27 @@ impl Local {
             session,
             last_touch_ms,
             commands: Arc::new(Semaphore::new(settings.max_commands_per_session)),
+            proposals: HashMap::new(),
         }
+    }
+}
+
+/// Sessions that changed hands through this instance (counters for the metrics).
+#[derive(Debug, Default)]
+pub(super) struct Moves {
+    /// Given to a live replica that asked (a hand-over out).
+    pub(super) handed_out: std::sync::atomic::AtomicU64,
+    /// Received from a live replica that released it (a hand-over in).
+    pub(super) handed_in: std::sync::atomic::AtomicU64,
+    /// Taken over from a dead (or draining) replica.
+    pub(super) taken_over: std::sync::atomic::AtomicU64,
+    /// Left for a peer to resume when this instance stopped (drain).
+    pub(super) drained: std::sync::atomic::AtomicU64,
+}
+
+impl Moves {
+    pub(super) fn count(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -148,6 +171,8 @@ pub(super) struct Inner {
     pub(super) serving_until: Mutex<Option<Instant>>,
     /// Sessions this instance holds.
     pub(super) local: Mutex<HashMap<String, Local>>,
+    /// Sessions that changed hands through this instance, since start.
+    pub(super) moves: Moves,
     /// Who hears of ended sessions (the socket layer). Weak: that layer holds this manager,
     /// and the manager must not keep it alive in turn.
     pub(super) hooks: RwLock<Option<Weak<dyn SessionHooks>>>,
@@ -244,6 +269,7 @@ impl SessionManager {
                 serving_until: Mutex::new(Some(serving_until)),
                 settings,
                 local: Mutex::new(HashMap::new()),
+                moves: Moves::default(),
                 hooks: RwLock::new(None),
                 pending_releases: Mutex::new(HashMap::new()),
                 cancel: CancellationToken::new(),
@@ -390,6 +416,26 @@ impl SessionManager {
         counts
     }
 
+    /// Sessions that changed hands through this instance since start, by kind
+    /// (`handed_out`, `handed_in`, `taken_over`, `drained`), and the operations refused
+    /// under a stale lease (`stale_refused`): what the ownership metrics show.
+    pub fn ownership_counts(&self) -> [(&'static str, u64); 5] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.inner.moves;
+        [
+            ("handed_out", m.handed_out.load(Relaxed)),
+            ("handed_in", m.handed_in.load(Relaxed)),
+            ("taken_over", m.taken_over.load(Relaxed)),
+            ("drained", m.drained.load(Relaxed)),
+            ("stale_refused", self.inner.pool.status().stale_refusals),
+        ]
+    }
+
+    /// Whether the store's bus (hand-overs between replicas) is subscribed.
+    pub fn bus_up(&self) -> bool {
+        self.inner.store.bus_up()
+    }
+
     /// The record of a session this instance holds.
     pub fn local_session(&self, id: &str) -> Option<Session> {
         self.local().get(id).map(|l| l.session.clone())
@@ -438,6 +484,34 @@ impl SessionManager {
             None => Err(SessionError::SelfFenced(
                 "another process took its instance id",
             )),
+        }
+    }
+
+    /// Records a proposed tool call of local session `session_id` as waiting for approval;
+    /// `false` when `max` already wait (or the session is not served here).
+    pub fn propose(&self, session_id: &str, call_id: &str, command: &str, max: usize) -> bool {
+        let mut local = self.local();
+        let Some(l) = local.get_mut(session_id) else {
+            return false;
+        };
+        if l.proposals.len() >= max {
+            return false;
+        }
+        l.proposals.insert(call_id.to_string(), command.to_string());
+        true
+    }
+
+    /// Takes a waiting proposal of the session (each is taken once).
+    pub fn take_proposal(&self, session_id: &str, call_id: &str) -> Option<String> {
+        self.local()
+            .get_mut(session_id)
+            .and_then(|l| l.proposals.remove(call_id))
+    }
+
+    /// Puts back a proposal that was taken but not run (the session was busy).
+    pub fn return_proposal(&self, session_id: &str, call_id: &str, command: String) {
+        if let Some(l) = self.local().get_mut(session_id) {
+            l.proposals.insert(call_id.to_string(), command);
         }
     }
 
@@ -594,6 +668,67 @@ impl SessionManager {
         tracing::info!(session_id = %s.id, reason = reason.as_str(), "session ended");
     }
 
+    /// Other instances of this store whose heartbeat is alive.
+    async fn live_peers(&self) -> usize {
+        let Ok(known) = self.inner.store.known_instances().await else {
+            return 0;
+        };
+        let mut live = 0;
+        for instance in known.iter().filter(|i| **i != self.inner.instance) {
+            if self.inner.store.is_alive(instance).await.unwrap_or(false) {
+                live += 1;
+            }
+        }
+        live
+    }
+
+    /// Leaves every local session for a peer to resume (see [`SessionManager::shutdown`]).
+    /// The order matters: this instance stops serving before its heartbeat goes (so no
+    /// command runs here once a peer may take a session over), and each sandbox is given up
+    /// (link closed, left running) as its socket hears `moved`.
+    async fn drain(&self) {
+        *self
+            .inner
+            .serving_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        if let Err(error) = self
+            .inner
+            .store
+            .remove_heartbeat(&self.inner.instance, &self.inner.incarnation)
+            .await
+        {
+            tracing::warn!(%error, "withdrawing the heartbeat failed; peers take the sessions over once it lapses");
+        }
+        let now = now_ms();
+        let sessions: Vec<Session> = self
+            .local()
+            .values()
+            .filter(|l| l.session.state != SessionState::Ending)
+            .map(|l| l.session.clone())
+            .collect();
+        for s in &sessions {
+            if let Err(error) = self.inner.store.detach(&s.id, now).await {
+                tracing::warn!(session_id = %s.id, %error, "marking a drained session detached failed");
+            }
+            self.tell_ended(s, EndReason::Moved);
+        }
+        // Peers stopping at the same moment (a whole stack going down) withdraw their
+        // heartbeats too: if none is left, the sessions end here after all (those a peer
+        // took over meanwhile are no longer this instance's to claim), so nothing is left
+        // running for nobody.
+        if self.live_peers().await == 0 {
+            tracing::info!("no live peer is left: ending the sessions instead");
+            return;
+        }
+        for s in sessions {
+            self.local().remove(&s.id);
+            self.inner.pool.hand_over(&s.lease());
+            Moves::count(&self.inner.moves.drained);
+            tracing::info!(session_id = %s.id, "session left for a peer to resume");
+        }
+    }
+
     /// Stops the loops without ending anything or withdrawing the heartbeat, as a crash
     /// would: the sessions stay in the store for a restart (or another instance, once the
     /// heartbeat lapses) to take back.
@@ -604,13 +739,33 @@ impl SessionManager {
         self.local().clear();
     }
 
-    /// Stops the loops and ends every session of this instance (their sockets hear
-    /// `shutdown`), then withdraws the heartbeat. The pool is shut down after this.
+    /// Stops the loops; then, when other live replicas share the store, **drains**: this
+    /// instance stops serving, withdraws its heartbeat, and leaves every session to be
+    /// resumed on a peer (their sockets hear `moved`; the sandboxes stay running, files and
+    /// processes intact, for whoever takes them over; a session nobody resumes ends on a
+    /// peer's janitor after the reconnect grace). Without live peers it ends every session
+    /// (their sockets hear `shutdown`). Then the heartbeat is withdrawn. The pool is shut down
+    /// after this (it leaves the drained sandboxes alone).
     pub async fn shutdown(&self, within: Duration) {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
-        let ids: Vec<String> = self.local().keys().cloned().collect();
         let deadline = tokio::time::Instant::now() + within;
+        let peers = tokio::time::timeout_at(deadline, self.live_peers())
+            .await
+            .unwrap_or(0);
+        if peers > 0 {
+            tracing::info!(
+                peers,
+                "live peers share the store: handing this replica's sessions to them"
+            );
+            if tokio::time::timeout_at(deadline, self.drain())
+                .await
+                .is_err()
+            {
+                tracing::warn!("draining sessions at shutdown timed out");
+            }
+        }
+        let ids: Vec<String> = self.local().keys().cloned().collect();
         let ends = join_all(ids.iter().map(|id| self.end(id, EndReason::Shutdown)));
         if tokio::time::timeout_at(deadline, ends).await.is_err() {
             tracing::warn!("ending sessions at shutdown timed out");

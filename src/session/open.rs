@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::handover::Asked;
-use super::manager::{Local, Opened, SessionManager};
+use super::manager::{Local, Moves, Opened, SessionManager};
 use super::model::{Session, SessionState, new_resume_token, now_ms, token_matches};
 use super::store::SessionStore;
 use super::{EndReason, SessionError};
@@ -267,8 +267,10 @@ impl SessionManager {
                 return Err(SessionError::Expired(id.to_string()));
             }
             if released {
+                Moves::count(&self.inner.moves.handed_in);
                 tracing::info!(session_id = %id, from = %s.owner, "a live replica handed its session over");
             } else {
+                Moves::count(&self.inner.moves.taken_over);
                 tracing::info!(session_id = %id, from = %s.owner, "took over a session from a stopped instance");
             }
             s.owner = me.clone();

@@ -29,6 +29,8 @@
 //! scripts live in `redis_scripts.rs`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -56,10 +58,26 @@ struct Scripts {
     remove_heartbeat: Script,
 }
 
+/// The bus's first retry after its connection dropped, and the longest wait between tries.
+const BUS_RETRY_MIN: Duration = Duration::from_millis(100);
+const BUS_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A subscribed connection to `channel`.
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> Result<redis::aio::PubSub, StoreError> {
+    let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+    pubsub.subscribe(channel).await.map_err(unavailable)?;
+    Ok(pubsub)
+}
+
 /// Sessions in Redis, over one multiplexed connection that reconnects by itself.
 pub struct RedisStore {
     /// For the bus's own subscribed connection.
     client: redis::Client,
+    /// Whether the bus's subscribed connection is up (false before `listen`).
+    bus_up: Arc<AtomicBool>,
     conn: ConnectionManager,
     prefix: String,
     scripts: Scripts,
@@ -88,6 +106,7 @@ impl RedisStore {
         .map_err(unavailable)?;
         Ok(Self {
             client,
+            bus_up: Arc::new(AtomicBool::new(false)),
             conn,
             prefix: prefix.to_string(),
             scripts: Scripts {
@@ -571,40 +590,71 @@ impl SessionStore for RedisStore {
     }
 
     async fn listen(&self, instance: &str) -> Result<mpsc::Receiver<BusMessage>, StoreError> {
-        // Its own connection: a subscribed connection can do nothing else. It is not
-        // re-established if it drops; senders then see nobody listening (as for a dead
-        // instance) until this instance restarts, which errs on the side of a takeover only
-        // after Docker confirms the instance is down (see the manager).
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
-        pubsub
-            .subscribe(self.bus_channel(instance))
-            .await
-            .map_err(unavailable)?;
+        // Its own connection: a subscribed connection can do nothing else. When it drops (a
+        // Redis restart), it is subscribed again with backoff; meanwhile senders see nobody
+        // listening and `bus_up` says so (in /readyz and the metrics). Messages sent while it
+        // was down are lost (pub/sub): an asker times out and its client retries.
+        let channel = self.bus_channel(instance);
+        let first = subscribe(&self.client, &channel).await?;
         let (tx, rx) = mpsc::channel(256);
+        let (client, up) = (self.client.clone(), self.bus_up.clone());
+        up.store(true, Ordering::Relaxed);
         tokio::spawn(async move {
-            let mut messages = pubsub.into_on_message();
+            let mut pubsub = Some(first);
+            let mut backoff = BUS_RETRY_MIN;
             loop {
-                // When the listener goes (the instance stops), the subscription goes with it,
-                // so that senders see nobody listening.
-                let msg = tokio::select! {
-                    _ = tx.closed() => return,
-                    msg = futures_util::StreamExt::next(&mut messages) => msg,
-                };
-                let Some(msg) = msg else { return };
-                let Ok(payload) = msg.get_payload::<String>() else {
-                    continue;
-                };
-                match serde_json::from_str::<BusMessage>(&payload) {
-                    Ok(message) => {
-                        if tx.send(message).await.is_err() {
-                            return;
+                let subscribed = match pubsub.take() {
+                    Some(p) => p,
+                    None => {
+                        tokio::select! {
+                            _ = tx.closed() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        match subscribe(&client, &channel).await {
+                            Ok(p) => {
+                                up.store(true, Ordering::Relaxed);
+                                backoff = BUS_RETRY_MIN;
+                                tracing::info!("hand-over bus subscribed again");
+                                p
+                            }
+                            Err(error) => {
+                                backoff = (backoff * 2).min(BUS_RETRY_MAX);
+                                tracing::debug!(%error, "subscribing to the hand-over bus failed; retrying");
+                                continue;
+                            }
                         }
                     }
-                    Err(error) => tracing::warn!(%error, "malformed bus message ignored"),
+                };
+                let mut messages = subscribed.into_on_message();
+                loop {
+                    // When the listener goes (the instance stops), the subscription goes with
+                    // it, so that senders see nobody listening.
+                    let msg = tokio::select! {
+                        _ = tx.closed() => return,
+                        msg = futures_util::StreamExt::next(&mut messages) => msg,
+                    };
+                    let Some(msg) = msg else { break };
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    match serde_json::from_str::<BusMessage>(&payload) {
+                        Ok(message) => {
+                            if tx.send(message).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "malformed bus message ignored"),
+                    }
                 }
+                up.store(false, Ordering::Relaxed);
+                tracing::warn!("the hand-over bus connection dropped; subscribing again");
             }
         });
         Ok(rx)
+    }
+
+    fn bus_up(&self) -> bool {
+        self.bus_up.load(Ordering::Relaxed)
     }
 
     async fn send(&self, instance: &str, message: &BusMessage) -> Result<bool, StoreError> {

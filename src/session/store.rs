@@ -219,6 +219,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Starts receiving the messages sent to `instance` (one listener per instance).
     async fn listen(&self, instance: &str) -> Result<mpsc::Receiver<BusMessage>, StoreError>;
 
+    /// Whether this instance's bus subscription is up (always, in process).
+    fn bus_up(&self) -> bool {
+        true
+    }
+
     /// Sends `message` to `instance`; `false` when nobody listens there (it is gone).
     async fn send(&self, instance: &str, message: &BusMessage) -> Result<bool, StoreError>;
 

@@ -636,6 +636,74 @@ const scenarios = {
     return { newcomers: newcomers.length };
   },
 
+  // A rolling restart loses nothing: replica A is stopped with SIGTERM while B lives; alice
+  // hears `moved` and resumes on B with her files and processes. (env URL_B: replica B.)
+  async drain() {
+    const env = process.env;
+    const alice = await session();
+    await exec(alice, "echo alice > /workspace/alice.txt; sleep 600 >/dev/null 2>&1 &");
+    const { sessionId, resumeToken, workspaceId } = alice.session;
+    const moved = once(alice, "session:expired", 60000);
+    await step("term_a");
+    const e = await moved;
+    assert.equal(e.reason, "moved");
+    const back = await session({ sessionId, resumeToken }, env.URL_B);
+    assert.equal(back.session.resumed, true);
+    assert.equal(back.session.workspaceId, workspaceId);
+    const r = await exec(back, "cat /workspace/alice.txt; ps -o args | grep -c '^sleep 600'");
+    assert.equal(r.stdout, "alice\n1\n", "files and processes survive the rolling restart");
+    back.disconnect();
+    return {};
+  },
+
+  // Redis restarts under two live replicas: the owner's bus subscription comes back, so a
+  // resume through the other replica is handed over by the live owner (before, the owner's
+  // bus stayed dead and the resume was refused as held elsewhere for good).
+  async bus_restart() {
+    const env = process.env;
+    const alice = await session();
+    await exec(alice, "echo alice > /workspace/alice.txt");
+    const { sessionId, resumeToken, workspaceId } = alice.session;
+    await step("restart_redis");
+    alice.disconnect();
+    let back;
+    const end = Date.now() + 30000;
+    for (;;) {
+      const s = connect({ sessionId, resumeToken }, env.URL_B);
+      const got = await Promise.race([
+        once(s, "session", 20000).then((x) => ({ x })),
+        once(s, "sandpool:error", 20000).then((e) => ({ e })),
+      ]);
+      if (got.x) { back = s; back.session = got.x; break; }
+      s.disconnect();
+      assert.ok(Date.now() < end, `never handed over after the restart: ${JSON.stringify(got.e)}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.equal(back.session.workspaceId, workspaceId);
+    assert.equal((await exec(back, "cat /workspace/alice.txt")).stdout, "alice\n");
+    return { instance: back.session.instance };
+  },
+
+  // A replica that cannot renew its heartbeat stops serving before its TTL lapses, with a
+  // typed error, and serves again once it can.
+  async self_fence() {
+    const alice = await session();
+    assert.equal((await exec(alice, "echo ok")).stdout, "ok\n");
+    await step("freeze_redis");
+    const r = await exec(alice, "echo late");
+    assert.equal(r.ok, false, `a self-fenced replica ran a command: ${JSON.stringify(r)}`);
+    assert.equal(r.error.code, "unavailable");
+    await step("thaw_redis");
+    const end = Date.now() + 20000;
+    for (;;) {
+      const again = await exec(alice, "echo back");
+      if (again.ok !== false) { assert.equal(again.stdout, "back\n"); break; }
+      assert.ok(Date.now() < end, "never served again");
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    return {};
+  },
+
   // The janitor ends an idle session and tells its socket.
   async idle_expiry() {
     const s = await session();

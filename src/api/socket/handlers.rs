@@ -68,7 +68,6 @@ pub(super) async fn on_connect(
     }
     let conn = Arc::new(Conn {
         session_id: session.id.clone(),
-        pending: Mutex::new(HashMap::new()),
     });
     api.bind(&session.id, &socket);
     let workspace: String = session.container_id.chars().take(12).collect();
@@ -210,16 +209,15 @@ pub(super) async fn message_request(
     for proposal in proposals {
         let ToolProposal::Exec { command } = &proposal;
         let call_id = new_call_id();
+        if !api
+            .sessions
+            .propose(&conn.session_id, &call_id, command, MAX_PENDING_PER_SESSION)
         {
-            let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.len() >= MAX_PENDING_PER_SESSION {
-                return Err(ApiError::new(
-                    ErrorCode::TooManyRequests,
-                    format!("at most {MAX_PENDING_PER_SESSION} tool calls may wait for approval"),
-                )
-                .into());
-            }
-            pending.insert(call_id.clone(), command.clone());
+            return Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!("at most {MAX_PENDING_PER_SESSION} tool calls may wait for approval"),
+            )
+            .into());
         }
         let _ = socket.emit(
             "tool:request",
@@ -290,11 +288,7 @@ pub(super) async fn approval_request(
     let conn = api.active_conn(socket).await?;
     let (call_id, approved) = parse_approval(data)?;
     // Only this session's own proposals are here, and each is taken once.
-    let command = conn
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&call_id);
+    let command = api.sessions.take_proposal(&conn.session_id, &call_id);
     let Some(command) = command else {
         let e = ApiError::new(
             ErrorCode::NotFound,
@@ -314,10 +308,8 @@ pub(super) async fn approval_request(
         }),
         Err(e) => {
             // Not run: it stays waiting, so the client can approve it again later.
-            conn.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(call_id.clone(), command);
+            api.sessions
+                .return_proposal(&conn.session_id, &call_id, command);
             Err(Refusal::for_call(e, &call_id))
         }
     }

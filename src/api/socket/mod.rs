@@ -62,8 +62,6 @@ pub struct SocketApi {
 /// One connection's session.
 struct Conn {
     session_id: String,
-    /// Proposed tool calls waiting for approval: call id → command.
-    pending: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Clone)]
