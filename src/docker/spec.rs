@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use sandpool_supervisor::layout;
 
 /// Label that marks every container sandpool creates.
 pub const LABEL_APP: &str = "sandpool.app";
@@ -17,10 +18,10 @@ pub const ROLE_SANDBOX: &str = "sandbox";
 
 /// The tenant: the unprivileged user (uid:gid) that session commands and file operations run
 /// as. It owns the writable paths.
-pub const SANDBOX_USER: &str = "1000:1000";
+pub const SANDBOX_USER: &str = layout::TENANT_USER;
 /// The tenant's uid and gid.
-pub const SANDBOX_UID: u32 = 1000;
-pub const SANDBOX_GID: u32 = 1000;
+pub const SANDBOX_UID: u32 = layout::TENANT_UID;
+pub const SANDBOX_GID: u32 = layout::TENANT_GID;
 /// The supervisor inside every sandbox (see `supervisor/`): the container's main process,
 /// under Docker's init, as root with only [`SUPERVISOR_CAPS`]. It drops all of them for every
 /// process it starts for the tenant.
@@ -39,9 +40,11 @@ pub const SUPERVISOR_CAPS: [&str; 7] = [
     "SETPCAP",
 ];
 /// Home directory of the sandbox user.
-pub const SANDBOX_HOME: &str = "/home/sandbox";
+pub const SANDBOX_HOME: &str = layout::HOME;
 /// Working directory of session commands.
-pub const WORKSPACE: &str = "/workspace";
+pub const WORKSPACE: &str = layout::WORKSPACE;
+/// `PATH` of the tenant's commands.
+pub const SANDBOX_PATH: &str = layout::PATH;
 /// Every path a session can write to, with the mode it is restored to and whether the tenant
 /// owns it. The scrub empties each one and restores the directory itself (mode, owner, no
 /// extended attribute or ACL, atime and mtime at the epoch); the verification checks all of
@@ -83,19 +86,15 @@ impl SandboxSpec {
     /// and nothing it prints is logged by Docker (command output is the tenant's business).
     pub(crate) fn to_create_body(&self) -> ContainerCreateBody {
         let size = self.tmpfs_bytes;
+        let owned = |mode: &str| {
+            format!(
+                "rw,exec,nosuid,nodev,size={size},uid={SANDBOX_UID},gid={SANDBOX_GID},mode={mode}"
+            )
+        };
         let tmpfs = HashMap::from([
-            (
-                WORKSPACE.to_string(),
-                format!("rw,exec,nosuid,nodev,size={size},uid=1000,gid=1000,mode=0755"),
-            ),
-            (
-                "/tmp".to_string(),
-                format!("rw,exec,nosuid,nodev,size={size},uid=1000,gid=1000,mode=1777"),
-            ),
-            (
-                SANDBOX_HOME.to_string(),
-                format!("rw,exec,nosuid,nodev,size={size},uid=1000,gid=1000,mode=0755"),
-            ),
+            (WORKSPACE.to_string(), owned("0755")),
+            ("/tmp".to_string(), owned("1777")),
+            (SANDBOX_HOME.to_string(), owned("0755")),
         ]);
         let host_config = HostConfig {
             readonly_rootfs: Some(true),
@@ -133,7 +132,7 @@ impl SandboxSpec {
             working_dir: Some(WORKSPACE.to_string()),
             env: Some(vec![
                 format!("HOME={SANDBOX_HOME}"),
-                "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+                format!("PATH={SANDBOX_PATH}"),
             ]),
             labels: Some(self.labels()),
             network_disabled: Some(self.network == "none"),

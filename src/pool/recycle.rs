@@ -67,7 +67,7 @@ impl ContainerPool {
         let verdict = scrub::scrub(link, sandbox.fence, self.inner.config.scrub_timeout).await?;
         if verdict != Verdict::Clean {
             // A container that is not clean is never trusted again, its supervisor included.
-            link.kill("dirty after scrub");
+            link.mark_dead("dirty after scrub");
         }
         Ok(verdict)
     }
@@ -76,7 +76,7 @@ impl ContainerPool {
     /// have ended, so that nothing started for the session runs after its scrub.
     async fn stop_commands(&self, sandbox: &Sandbox) -> bool {
         if let Some(link) = &sandbox.link {
-            link.kill_all(sandbox.fence);
+            link.kill_commands(sandbox.fence);
         }
         let deadline = Instant::now() + self.inner.config.scrub_timeout;
         loop {

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::spec::{SANDBOX_HOME, WORKSPACE};
+use crate::docker::spec::{SANDBOX_HOME, SANDBOX_PATH, WORKSPACE};
 use crate::docker::{AttachChunk, Attached};
 
 /// Extra time past a command's own timeout before a silent supervisor counts as hung: the
@@ -96,7 +96,7 @@ impl CommandSpec {
             argv: vec!["sh".into(), "-c".into(), command.into()],
             env: vec![
                 format!("HOME={SANDBOX_HOME}"),
-                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                format!("PATH={SANDBOX_PATH}"),
             ],
             cwd: WORKSPACE.into(),
             timeout,
@@ -301,7 +301,7 @@ impl SupervisorLink {
 
     /// Marks the link dead (and so its container), e.g. after a dirty verdict it cannot be
     /// trusted with again.
-    pub fn kill(&self, why: &str) {
+    pub fn mark_dead(&self, why: &str) {
         self.shared.kill(why);
     }
 
@@ -314,7 +314,7 @@ impl SupervisorLink {
     }
 
     /// Kills every command running through this link (a release: the session is over).
-    pub fn kill_all(&self, generation: u64) {
+    pub fn kill_commands(&self, generation: u64) {
         let ids: Vec<RequestId> = self
             .shared
             .pending

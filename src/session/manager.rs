@@ -296,7 +296,9 @@ impl SessionManager {
             } else if s.state != SessionState::Ending {
                 // Its sandbox is gone: the session cannot go on.
                 if let Ok(Some(claimed)) = manager.inner.store.claim(&s.id, instance, now).await {
-                    manager.finish(claimed, EndReason::SandboxLost).await;
+                    manager
+                        .finish_claimed(claimed, EndReason::SandboxLost)
+                        .await;
                 }
             }
             // Ending ones are finished by the janitor's stale-claim sweep.
@@ -568,7 +570,8 @@ impl SessionManager {
         // Bound what dropped connections hold: past the cap, the longest-detached go now.
         let cap = self.inner.settings.max_detached;
         for id in self.pick_longest_detached(|detached| detached.saturating_sub(cap)) {
-            self.end_detached(&id, "too many detached sessions").await;
+            self.end_detached_early(&id, "too many detached sessions")
+                .await;
         }
     }
 
@@ -585,7 +588,7 @@ impl SessionManager {
                 return; // the refill creates one for the queue
             }
             for id in m.pick_longest_detached(|detached| detached.min(1)) {
-                m.end_detached(&id, "a live client waits for its sandbox")
+                m.end_detached_early(&id, "a live client waits for its sandbox")
                     .await;
             }
         });
@@ -612,7 +615,7 @@ impl SessionManager {
     }
 
     /// Ends a detached session before its grace is over (`why`: for the log).
-    async fn end_detached(&self, id: &str, why: &'static str) {
+    async fn end_detached_early(&self, id: &str, why: &'static str) {
         tracing::info!(session_id = %id, why, "ending a detached session early");
         if let Err(error) = self.end(id, EndReason::Disconnected).await {
             tracing::warn!(session_id = %id, %error, "ending a detached session failed");
@@ -628,7 +631,7 @@ impl SessionManager {
             .await?
         {
             Some(s) => {
-                self.finish(s, reason).await;
+                self.finish_claimed(s, reason).await;
                 Ok(true)
             }
             None => Ok(false),
@@ -637,7 +640,7 @@ impl SessionManager {
 
     /// Ends a claimed session: tells its socket, gives the sandbox back (or removes a dead
     /// instance's), deletes the record.
-    pub(super) async fn finish(&self, s: Session, reason: EndReason) {
+    pub(super) async fn finish_claimed(&self, s: Session, reason: EndReason) {
         self.local().remove(&s.id);
         self.tell_ended(&s, reason);
         if s.owner == self.inner.instance {

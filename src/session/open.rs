@@ -262,7 +262,7 @@ impl SessionManager {
             if let Err(e) = self.inner.pool.take_over(&s.container_id, fence).await {
                 tracing::warn!(session_id = %id, error = %e, "taking over a session whose sandbox is gone");
                 if let Ok(Some(claimed)) = store.claim(id, me, now_ms()).await {
-                    self.finish(claimed, EndReason::SandboxLost).await;
+                    self.finish_claimed(claimed, EndReason::SandboxLost).await;
                 }
                 return Err(SessionError::Expired(id.to_string()));
             }
@@ -281,7 +281,7 @@ impl SessionManager {
             if let Err(e) = self.inner.pool.take_over(&s.container_id, s.fence).await {
                 tracing::warn!(session_id = %id, error = %e, "a session recorded here has no sandbox");
                 if let Ok(Some(claimed)) = store.claim(id, me, now_ms()).await {
-                    self.finish(claimed, EndReason::SandboxLost).await;
+                    self.finish_claimed(claimed, EndReason::SandboxLost).await;
                 }
                 return Err(SessionError::Expired(id.to_string()));
             }

@@ -51,7 +51,7 @@ impl SessionManager {
                         }
                         _ => EndReason::Idle,
                     };
-                    self.finish(s, reason)
+                    self.finish_claimed(s, reason)
                 }))
                 .await;
                 if ids.len() < st.janitor_batch {
@@ -205,7 +205,7 @@ impl SessionManager {
             // Deaths recorded before this loop subscribed (a kept sandbox whose supervisor did
             // not answer at start) are read first.
             for lease in self.inner.pool.lost_leases() {
-                self.end_lost(&lease).await;
+                self.end_sandbox_lost(&lease).await;
             }
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
@@ -219,7 +219,7 @@ impl SessionManager {
     }
 
     /// Ends the local session holding `lease`, whose sandbox died.
-    pub(super) async fn end_lost(&self, lease: &LeaseRef) {
+    pub(super) async fn end_sandbox_lost(&self, lease: &LeaseRef) {
         let id = self
             .local()
             .iter()

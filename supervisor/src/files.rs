@@ -19,7 +19,7 @@ use sandpool_supervisor::proto::{
 use crate::{Ctx, Reply, sys};
 
 /// Where relative paths start.
-pub const WORKSPACE: &str = "/workspace";
+pub use sandpool_supervisor::layout::WORKSPACE;
 /// Room left in a `Read` reply's frame for its head.
 const HEAD_ROOM: usize = 64 << 10;
 /// A file thread may recurse (`Delete` with `recursive`) through deep trees.

@@ -20,3 +20,19 @@
 //! `Stdout`/`Stderr` frames, so nothing a tenant prints can pass for a frame of its own.
 
 pub mod proto;
+
+/// The sandbox's layout, shared by the host (the container spec, the commands it asks for)
+/// and the supervisor (paths relative to the workspace), written once.
+pub mod layout {
+    /// The tenant's uid and gid: session commands and file operations run as them.
+    pub const TENANT_UID: u32 = 1000;
+    pub const TENANT_GID: u32 = 1000;
+    /// The tenant as `uid:gid`.
+    pub const TENANT_USER: &str = "1000:1000";
+    /// Working directory of session commands; relative paths start here.
+    pub const WORKSPACE: &str = "/workspace";
+    /// Home directory of the tenant.
+    pub const HOME: &str = "/home/sandbox";
+    /// `PATH` of the tenant's commands.
+    pub const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+}
