@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use sandpool::pool::{PoolError, SupervisorError};
-use sandpool::session::{InstanceClaim, RedisStore, SessionStore};
+use sandpool::session::{InstanceClaim, Liveness, RedisStore};
 
 fn replica_env(redis: &RedisServer) -> Vec<(&'static str, String)> {
     vec![

@@ -13,8 +13,8 @@ use common::*;
 use sandpool::config::Config;
 use sandpool::session::{
     Cutoffs, EndReason, InstanceClaim, LeaseRef, MemoryStore, RedisStore, Session, SessionError,
-    SessionHooks, SessionManager, SessionSettings, SessionState, SessionStore, Sweep, hash_token,
-    now_ms,
+    SessionHooks, SessionManager, SessionRecords, SessionSettings, SessionState, SessionStore,
+    Sweep, hash_token, now_ms,
 };
 
 const PREFIX: &str = "sp-test:";

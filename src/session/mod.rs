@@ -27,7 +27,8 @@ pub use memory_store::MemoryStore;
 pub use model::{Session, SessionState, hash_token, new_resume_token, now_ms, token_matches};
 pub use redis_store::RedisStore;
 pub use store::{
-    BusMessage, Cutoffs, InstanceClaim, SandboxOwner, SessionStore, StoreError, Sweep,
+    Bus, BusMessage, Cutoffs, InstanceClaim, Liveness, Ownership, Quotas, SandboxOwner,
+    SessionRecords, SessionStore, StoreError, Sweep,
 };
 
 /// A claim older than this belongs to a claimer that died before it finished; the session

@@ -87,14 +87,10 @@ pub enum Sweep {
 
 /// Session storage. Every write that touches several keys is atomic: no crash leaves a
 /// session without its index entries or the reverse.
+/// Session records and their indexes: open, activity, detach and resume, the janitor's
+/// queries and claims, ends.
 #[async_trait]
-pub trait SessionStore: Send + Sync + 'static {
-    /// A short name for logs and `/api/pool`: `redis` or `memory`.
-    fn kind(&self) -> &'static str;
-
-    /// Whether the store answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-
+pub trait SessionRecords: Send + Sync {
     /// Writes a new session with its index entries, its subject's included, and the
     /// sandbox's owner (`sandbox_owner`), in one atomic write.
     async fn put(&self, session: &Session) -> Result<(), StoreError>;
@@ -103,14 +99,6 @@ pub trait SessionStore: Send + Sync + 'static {
     /// the session is absent and its sandbox is not recorded for another session or a newer
     /// lease. `false` when it was not written.
     async fn restore(&self, session: &Session) -> Result<bool, StoreError>;
-
-    /// Who serves `container_id`, if the store knows.
-    async fn sandbox_owner(&self, container_id: &str) -> Result<Option<SandboxOwner>, StoreError>;
-
-    /// A new epoch for fencing tokens: larger than every epoch this store gave before and
-    /// never below the clock in seconds, so that epochs keep rising after a store lost its
-    /// data.
-    async fn next_epoch(&self) -> Result<u64, StoreError>;
 
     async fn get(&self, id: &str) -> Result<Option<Session>, StoreError>;
 
@@ -160,6 +148,22 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Ids of the sessions `owner` holds.
     async fn owned_by(&self, owner: &str) -> Result<Vec<String>, StoreError>;
 
+    /// Counts: (sessions, by state) for status pages; may scan, so not for hot paths.
+    async fn count(&self) -> Result<usize, StoreError>;
+}
+
+/// Who serves which sandbox under which lease, the epochs of fencing tokens, and the moves
+/// of sessions between instances (see ARCHITECTURE.md, "Ownership and fencing").
+#[async_trait]
+pub trait Ownership: Send + Sync {
+    /// Who serves `container_id`, if the store knows.
+    async fn sandbox_owner(&self, container_id: &str) -> Result<Option<SandboxOwner>, StoreError>;
+
+    /// A new epoch for fencing tokens: larger than every epoch this store gave before and
+    /// never below the clock in seconds, so that epochs keep rising after a store lost its
+    /// data.
+    async fn next_epoch(&self) -> Result<u64, StoreError>;
+
     /// Moves a session from owner `from` to `to` under lease `fence` (the sandbox's owner
     /// too), if `from` still owns it and it is not ending.
     async fn transfer(
@@ -170,6 +174,21 @@ pub trait SessionStore: Send + Sync + 'static {
         fence: u64,
     ) -> Result<bool, StoreError>;
 
+    /// Records that `owner` handed `container_id` (labeled with `owner`) to another instance
+    /// with its session: a restart of `owner` must leave it alone. Kept until `owner` forgets
+    /// it at a start where the container is gone.
+    async fn mark_handed(&self, owner: &str, container_id: &str) -> Result<(), StoreError>;
+
+    /// The containers `owner` handed over (see `mark_handed`).
+    async fn handed(&self, owner: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Forgets handed-over containers of `owner` that no longer exist.
+    async fn forget_handed(&self, owner: &str, container_ids: &[String]) -> Result<(), StoreError>;
+}
+
+/// Instances: the heartbeat that proves one alive, held by one incarnation at a time.
+#[async_trait]
+pub trait Liveness: Send + Sync {
     /// Takes `instance`'s heartbeat for `incarnation` (a random id of this process) if no
     /// other incarnation holds it: two live processes never share an instance id.
     async fn claim_instance(
@@ -197,10 +216,26 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Withdraws `instance`'s heartbeat if `incarnation` holds it (it is shutting down).
     async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError>;
+}
 
-    /// Counts: (sessions, by state) for status pages; may scan, so not for hot paths.
-    async fn count(&self) -> Result<usize, StoreError>;
+/// Messages between instances about sessions changing hands (see `handover.rs`).
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Starts receiving the messages sent to `instance` (one listener per instance).
+    async fn listen(&self, instance: &str) -> Result<mpsc::Receiver<BusMessage>, StoreError>;
 
+    /// Whether this instance's bus subscription is up (always, in process).
+    fn bus_up(&self) -> bool {
+        true
+    }
+
+    /// Sends `message` to `instance`; `false` when nobody listens there (it is gone).
+    async fn send(&self, instance: &str, message: &BusMessage) -> Result<bool, StoreError>;
+}
+
+/// Per-subject limits of live sessions.
+#[async_trait]
+pub trait Quotas: Send + Sync {
     /// Holds one of `subject`'s at most `limit` live-session slots for `session_id` (being
     /// opened); `false` when all are taken. Every session written with a subject (`put`)
     /// holds one of its slots until it is deleted; a reservation holds one until the session
@@ -215,26 +250,13 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Frees the slot `reserve_subject` held for a session that was not opened after all.
     async fn unreserve_subject(&self, subject: &str, session_id: &str) -> Result<(), StoreError>;
+}
 
-    /// Starts receiving the messages sent to `instance` (one listener per instance).
-    async fn listen(&self, instance: &str) -> Result<mpsc::Receiver<BusMessage>, StoreError>;
+#[async_trait]
+pub trait SessionStore: SessionRecords + Ownership + Liveness + Bus + Quotas + 'static {
+    /// A short name for logs and `/api/pool`: `redis` or `memory`.
+    fn kind(&self) -> &'static str;
 
-    /// Whether this instance's bus subscription is up (always, in process).
-    fn bus_up(&self) -> bool {
-        true
-    }
-
-    /// Sends `message` to `instance`; `false` when nobody listens there (it is gone).
-    async fn send(&self, instance: &str, message: &BusMessage) -> Result<bool, StoreError>;
-
-    /// Records that `owner` handed `container_id` (labeled with `owner`) to another instance
-    /// with its session: a restart of `owner` must leave it alone. Kept until `owner` forgets
-    /// it at a start where the container is gone.
-    async fn mark_handed(&self, owner: &str, container_id: &str) -> Result<(), StoreError>;
-
-    /// The containers `owner` handed over (see `mark_handed`).
-    async fn handed(&self, owner: &str) -> Result<Vec<String>, StoreError>;
-
-    /// Forgets handed-over containers of `owner` that no longer exist.
-    async fn forget_handed(&self, owner: &str, container_ids: &[String]) -> Result<(), StoreError>;
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
 }
