@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use sandpool::docker::{ExecSpec, SandboxSpec};
+use sandpool::docker::SandboxSpec;
 use sandpool::pool::{ContainerPool, NoopObserver};
 use serde_json::{Value, json};
 
@@ -140,6 +140,7 @@ async fn cold_baseline(runs: usize) -> Value {
     let _cleanup = Cleanup::new(&instance);
     let config = test_config(&instance);
     let gate = real_gate(&config).await;
+    let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
     let mut samples = Vec::new();
     for i in 0..runs {
         let spec = SandboxSpec {
@@ -152,19 +153,10 @@ async fn cold_baseline(runs: usize) -> Value {
             tmpfs_bytes: config.pool.tmpfs_bytes as u64,
             network: "none".into(),
         };
-        let exec = ExecSpec {
-            cmd: vec!["true".into()],
-            user: "1000:1000".into(),
-            working_dir: Some("/workspace".into()),
-            env: vec![],
-            timeout: Duration::from_secs(30),
-            output_limit: 1024,
-            admission: sandpool::docker::Admission::Request,
-        };
         let t = Instant::now();
         let id = gate.create_sandbox(&spec).await.expect("create");
         gate.start_container(&id).await.expect("start");
-        gate.exec(&id, &exec, None).await.expect("exec");
+        docker_exec_true(&docker, &id).await;
         samples.push(ms(t.elapsed()));
         gate.remove_container(&id).await.expect("remove");
     }
@@ -258,23 +250,11 @@ async fn command_rtt(runs: usize) -> Value {
         supervisor.push(ms(t.elapsed()));
         assert_eq!(out.exit_code, Some(0));
     }
-    let exec = ExecSpec {
-        cmd: vec!["true".into()],
-        user: "1000:1000".into(),
-        working_dir: Some("/workspace".into()),
-        env: vec![],
-        timeout: Duration::from_secs(30),
-        output_limit: 1024,
-        admission: sandpool::docker::Admission::Request,
-    };
-    // A gate of its own for the baseline: the pool's gate is the pool's.
-    let gate = real_gate(&config).await;
+    let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
     let mut docker_exec = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        gate.exec(&id.container_id, &exec, None)
-            .await
-            .expect("docker exec");
+        docker_exec_true(&docker, &id.container_id).await;
         docker_exec.push(ms(t.elapsed()));
     }
     let _ = pool.release(&id);
@@ -784,4 +764,38 @@ async fn main() {
             "plots not drawn: python3 with matplotlib is needed (scripts/bench installs it)"
         ),
     }
+}
+
+/// The baseline: `true` through `docker exec` as the tenant (create, start, wait for the end,
+/// inspect the exit code), what every command cost before the supervisor. Straight through
+/// bollard: the service itself no longer runs `docker exec` at all.
+async fn docker_exec_true(docker: &bollard::Docker, container_id: &str) {
+    use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+    use futures_util::StreamExt;
+    let created = docker
+        .create_exec(
+            container_id,
+            CreateExecOptions {
+                cmd: Some(vec!["true".to_string()]),
+                user: Some("1000:1000".to_string()),
+                working_dir: Some("/workspace".to_string()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create exec");
+    let started = docker
+        .start_exec(&created.id, Some(StartExecOptions::default()))
+        .await
+        .expect("start exec");
+    if let StartExecResults::Attached { mut output, .. } = started {
+        while output.next().await.is_some() {}
+    }
+    let inspected = docker
+        .inspect_exec(&created.id)
+        .await
+        .expect("inspect exec");
+    assert_eq!(inspected.exit_code, Some(0), "docker exec true failed");
 }

@@ -126,7 +126,7 @@ pub struct GateConfig {
     #[arg(long = "docker-call-timeout-ms", env = "SANDPOOL_DOCKER_CALL_TIMEOUT_MS", default_value = "30000", value_parser = parse_ms("SANDPOOL_DOCKER_CALL_TIMEOUT_MS", true))]
     pub call_timeout: Duration,
 
-    /// Attempts of an idempotent call (inspect, list, remove, start, exec inspect) before the
+    /// Attempts of an idempotent call (inspect, list, remove, start, attach) before the
     /// gate gives up. Creates are never retried. Default 3.
     #[arg(long = "docker-retry-attempts", env = "SANDPOOL_DOCKER_RETRY_ATTEMPTS", default_value = "3", value_parser = parse_positive("SANDPOOL_DOCKER_RETRY_ATTEMPTS"))]
     pub retry_attempts: usize,

@@ -3,9 +3,9 @@
 //!
 //! - `gate`: the door every call goes through (semaphore, queue bound, breaker, retries,
 //!   timeouts).
-//! - `containers`: the calls themselves (images, sandbox containers, events, exec), each
-//!   through the gate.
-//! - `exec`: `docker exec`, the benchmarks' baseline (sessions use the supervisor).
+//! - `containers`: the calls themselves (images, sandbox containers, events, attach), each
+//!   through the gate. Nothing runs `docker exec`: commands go to the in-sandbox supervisor
+//!   (the benchmarks call `docker exec` through bollard themselves, as their baseline).
 //! - `breaker`: the circuit breaker.
 //! - `spec`: labels and the hardened container configuration of a sandbox.
 //! - `image`: the default sandbox image and its registry-free build.
@@ -13,7 +13,6 @@
 mod breaker;
 mod containers;
 mod error;
-mod exec;
 mod gate;
 pub mod image;
 pub mod spec;
@@ -21,6 +20,5 @@ pub mod spec;
 pub use breaker::BreakerState;
 pub use containers::{AttachChunk, Attached, ContainerEvent, SandboxInfo};
 pub use error::DockerError;
-pub use exec::{ExecChunk, ExecOutput, ExecSpec, OutputStream};
 pub use gate::{Admission, DockerGate, GateStatus};
 pub use spec::SandboxSpec;
