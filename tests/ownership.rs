@@ -386,3 +386,56 @@ async fn a_replica_that_cannot_renew_its_heartbeat_stops_serving() {
     });
     drop(a);
 }
+
+/// The command bound follows the session across connections: a resume does not get a fresh
+/// set of places while the first connection's commands still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_bound_is_the_sessions_not_the_connections() {
+    let ia = unique_instance("own-bound");
+    let _ca = Cleanup::new(&ia);
+    let a = spawn_service(&ia, &[]).await;
+    tokio::task::block_in_place(|| {
+        run_scenario("bound_follows_session", a.addr, &[], |step| {
+            panic!("unknown step {step}")
+        })
+    });
+}
+
+/// A replica that took a session over, killed and started again with its id, takes that
+/// session's sandbox back although it carries the other replica's label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_sessions_the_replica_had_taken_over() {
+    let redis = RedisServer::start().await;
+    let (ia, ib) = (unique_instance("own-ra"), unique_instance("own-rb"));
+    let (_ca, _cb) = (Cleanup::new(&ia), Cleanup::new(&ib));
+    let env = replica_env(&redis);
+    let a = replica(&ia, &env).await;
+    let b = replica(&ib, &env).await;
+    let url_b = format!("http://{}", b.addr);
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    let mut a = Some(a);
+    let mut b = Some(b);
+    let mut b_again: Option<Service> = None;
+    tokio::task::block_in_place(|| {
+        run_scenario("readopt", a_addr, &[("URL_B", &url_b)], |step| match step {
+            "kill_a" => {
+                let mut service = a.take().expect("A runs");
+                service.child.kill().expect("kill -9 A");
+                service.child.wait().expect("A reaped");
+            }
+            "restart_b" => {
+                let mut service = b.take().expect("B runs");
+                service.child.kill().expect("kill -9 B");
+                service.child.wait().expect("B reaped");
+                let rt = tokio::runtime::Handle::current();
+                b_again = Some(rt.block_on(async {
+                    let env: Vec<(&str, &str)> =
+                        env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    spawn_service_at(&ib, b_addr, &env).await
+                }));
+            }
+            other => panic!("unknown step {other}"),
+        })
+    });
+    drop(b_again);
+}

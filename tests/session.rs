@@ -1376,3 +1376,62 @@ async fn two_replicas_janitors_end_a_dead_replicas_sessions_once_each() {
     stop(&b).await;
     stop(&c).await;
 }
+
+/// A stale record (a catch-up that raced an end, a failed delete swept later) names a sandbox
+/// that another session holds now: ending it must touch nothing. Before leases were fenced,
+/// the janitor released that sandbox by its container id: the other session's files were
+/// wiped and its next command ran in a sandbox handed to a third caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_record_cannot_release_a_sandbox_another_session_holds() {
+    let server = RedisServer::start().await;
+    let instance = unique_instance("stale-record");
+    let cleanup = Cleanup::new(&instance);
+    // One sandbox: the second session gets the first one's.
+    let (m, _) = manager(
+        redis_store(&server).await,
+        &manager_config(&instance, 1, 1),
+        fast_settings(),
+        &cleanup,
+    )
+    .await;
+    let first = within(30, "open", m.open()).await.expect("open");
+    let stale = m.store().get(&first.session.id).await.unwrap().unwrap();
+    assert!(m.end(&first.session.id, EndReason::Ended).await.unwrap());
+    wait_recycled(&m, &first.lease.container_id).await;
+    let second = within(30, "open", m.open()).await.expect("open");
+    assert_eq!(second.lease.container_id, first.lease.container_id);
+    assert!(second.lease.fence > first.lease.fence);
+    sh(
+        m.pool_for_tests(),
+        &second.lease.lease_ref(),
+        "echo mine > /workspace/f",
+    )
+    .await;
+    // The old record comes back, long idle: what an unconditional catch-up wrote after the
+    // end had deleted it. The janitor claims and ends it.
+    let mut resurrected = stale.clone();
+    resurrected.last_active_ms = now_ms() - 10 * 3600 * 1000;
+    m.store().put(&resurrected).await.unwrap();
+    let report = within(60, "janitor pass", m.janitor_pass()).await.unwrap();
+    assert!(report.ended >= 1, "the stale record was ended: {report:?}");
+    assert!(m.store().get(&first.session.id).await.unwrap().is_none());
+    // The second session's sandbox is untouched, still leased to it, its file there.
+    assert!(
+        m.pool_for_tests().lease_of(&second.lease.container_id) == Some(second.lease.lease_ref())
+    );
+    let out = within(
+        30,
+        "command",
+        m.run_command(
+            &second.session.id,
+            "cat /workspace/f",
+            Duration::from_secs(10),
+            1024,
+            None,
+        ),
+    )
+    .await
+    .expect("the second session still runs commands");
+    assert_eq!(text(&out.stdout), "mine\n");
+    stop(&m).await;
+}

@@ -704,6 +704,61 @@ const scenarios = {
     return {};
   },
 
+  // The command bound is the session's: five commands started on one connection still count
+  // after a resume on a second connection (before, each connection had its own five).
+  async bound_follows_session() {
+    const a = await session();
+    const { sessionId, resumeToken } = a.session;
+    const before = a.outputs.length;
+    const running = Array.from({ length: 5 }, () => exec(a, "echo started; sleep 3").catch(() => {}));
+    await until(() => a.outputs.slice(before).filter((o) => o.data === "started\n").length === 5, "five running");
+    a.disconnect();
+    const b = await session({ sessionId, resumeToken });
+    const r = await exec(b, "echo sixth");
+    assert.equal(r.ok, false, `a sixth command ran: ${JSON.stringify(r)}`);
+    assert.equal(r.error.code, "too_many_requests");
+    await Promise.all(running);
+    // Once they end (within their own time), the session runs commands again.
+    const end = Date.now() + 20000;
+    for (;;) {
+      const again = await exec(b, "echo again");
+      if (again.ok !== false) { assert.equal(again.stdout, "again\n"); break; }
+      assert.ok(Date.now() < end, "the bound never freed");
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    return {};
+  },
+
+  // A replica that took a session over crashes and starts again with its id: it adopts that
+  // session's sandbox again (labeled with another replica), and the client resumes there.
+  // Before, the restart listed only its own label: the session ended and its sandbox leaked.
+  async readopt() {
+    const env = process.env;
+    const alice = await session();
+    await exec(alice, "echo alice > /workspace/alice.txt");
+    const { sessionId, resumeToken, workspaceId } = alice.session;
+    await step("kill_a");
+    let back;
+    const end = Date.now() + 60000;
+    for (;;) {
+      const s = connect({ sessionId, resumeToken }, env.URL_B);
+      const got = await Promise.race([
+        once(s, "session", 20000).then((x) => ({ x })),
+        once(s, "sandpool:error", 20000).then((e) => ({ e })),
+      ]);
+      if (got.x) { back = s; back.session = got.x; break; }
+      s.disconnect();
+      assert.ok(Date.now() < end, `never taken over by B: ${JSON.stringify(got.e)}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    await step("restart_b");
+    const again = await session({ sessionId, resumeToken }, env.URL_B);
+    assert.equal(again.session.resumed, true);
+    assert.equal(again.session.workspaceId, workspaceId);
+    assert.equal((await exec(again, "cat /workspace/alice.txt")).stdout, "alice\n");
+    return {};
+  },
+
   // The janitor ends an idle session and tells its socket.
   async idle_expiry() {
     const s = await session();
