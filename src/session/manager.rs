@@ -214,7 +214,7 @@ impl SessionManager {
                 .map(Session::lease)
                 .collect(),
             handed: store.handed(instance).await?.into_iter().collect(),
-            epoch: store.next_epoch().await?,
+            epoch: store.next_epoch(0).await?,
         };
         Ok(Recovery {
             incarnation,

@@ -297,12 +297,12 @@ impl SessionStore for RedisStore {
         })
     }
 
-    async fn next_epoch(&self) -> Result<u64, StoreError> {
-        let now_secs = super::model::now_ms() / 1000;
+    async fn next_epoch(&self, above: u64) -> Result<u64, StoreError> {
+        let now_secs = (super::model::now_ms() / 1000) as u64;
         self.scripts
             .next_epoch
             .key(format!("{}epoch", self.prefix))
-            .arg(now_secs)
+            .arg(now_secs.max(above))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)
