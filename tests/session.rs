@@ -305,10 +305,15 @@ async fn ownership_and_heartbeats(store: Arc<dyn SessionStore>) {
         !store.restore(&s).await.unwrap(),
         "its sandbox is another session's under a newer lease"
     );
-    // Epochs only rise, and never below the clock in seconds.
-    let e1 = store.next_epoch().await.unwrap();
-    let e2 = store.next_epoch().await.unwrap();
+    // Epochs only rise, and never below the clock in seconds nor at or below the epoch a
+    // taker names (the lease it takes over may be ahead of the counter after data loss).
+    let e1 = store.next_epoch(0).await.unwrap();
+    let e2 = store.next_epoch(0).await.unwrap();
     assert!(e2 > e1 && e1 >= (now / 1000) as u64);
+    let ahead = e2 + 1000;
+    let e3 = store.next_epoch(ahead).await.unwrap();
+    assert!(e3 > ahead);
+    assert!(store.next_epoch(0).await.unwrap() > e3);
 
     assert!(
         store

@@ -236,6 +236,31 @@ impl ContainerPool {
         }
     }
 
+    /// Removes the sandbox of a session that ended here, which the store names as that
+    /// session's under its lease, but which this pool does not hold: a hand-over or takeover
+    /// that did not complete (the previous holder let the sandbox go, then the new one could
+    /// not take it in: full, refused by the sandbox's supervisor, or stopped first). Nobody
+    /// holds it, and every instance leaves it alone (handed over, or recorded as someone's),
+    /// so it is removed here or never. A mark that this pool handed it over is dropped (that
+    /// hand-over is over); nothing happens if this pool holds the container in any other way.
+    pub async fn remove_stranded(&self, container_id: &str) {
+        if !self.state().unhand(container_id) {
+            return;
+        }
+        match self.inner.gate.inspect_sandbox(container_id).await {
+            Ok(Some(info)) if info.is_sandbox => {
+                tracing::info!(%container_id, "removing an ended session's sandbox that no pool holds");
+                if let Err(error) = self.inner.gate.remove_container(container_id).await {
+                    tracing::warn!(%container_id, %error, "removing a stranded sandbox failed");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%container_id, %error, "inspecting a stranded sandbox failed")
+            }
+        }
+    }
+
     /// Whether another instance is down, as far as Docker can tell: `Some(true)` when it is
     /// a replica container on this engine that no longer runs (killed, crashed), `Some(false)`
     /// when it runs, `None` when Docker cannot tell (see `DockerGate::replica_running`).

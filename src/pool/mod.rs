@@ -167,6 +167,11 @@ pub fn epoch_base(epoch: u64) -> u64 {
     epoch << 32
 }
 
+/// The epoch a fencing token was minted in.
+pub fn epoch_of(fence: u64) -> u64 {
+    fence >> 32
+}
+
 /// A leased sandbox.
 #[derive(Debug, Clone)]
 pub struct Lease {

@@ -497,6 +497,16 @@ impl State {
         self.checked();
     }
 
+    /// `id` came back to this instance with its session (the store says so) but this pool
+    /// could not take it in: it is no longer handed over. `true` when the pool holds it in no
+    /// other way either (idle, leased, scrubbing, destroying, stray), so that nobody but the
+    /// caller will ever remove it.
+    pub fn unhand(&mut self, id: &str) -> bool {
+        self.handed_over.remove(id);
+        self.checked();
+        !self.knows(id)
+    }
+
     /// `id` died or vanished.
     pub fn gone(&mut self, id: &str) -> Gone {
         let gone = if let Some(pos) = self.idle.iter().position(|sb| sb.id == id) {

@@ -239,7 +239,7 @@ impl SessionManager {
                 .map(Session::lease)
                 .collect(),
             handed: store.handed(instance).await?.into_iter().collect(),
-            epoch: store.next_epoch().await?,
+            epoch: store.next_epoch(0).await?,
         };
         Ok(Recovery {
             incarnation,
@@ -647,7 +647,8 @@ impl SessionManager {
             // Under the record's lease: a stale record (its sandbox released and leased again,
             // or taken over since) touches nothing.
             match self.inner.pool.release(&s.lease()) {
-                Ok(_) | Err(PoolError::NotLeased(_)) => {}
+                Ok(_) => {}
+                Err(PoolError::NotLeased(_)) => self.remove_stranded(&s).await,
                 Err(error) => {
                     tracing::warn!(session_id = %s.id, %error, "releasing a sandbox failed")
                 }
@@ -659,7 +660,13 @@ impl SessionManager {
                 Ok(Some(owner)) if owner.session_id != s.id || owner.fence != s.fence => {
                     tracing::info!(session_id = %s.id, container_id = %s.container_id, "not removing a sandbox another session holds now");
                 }
-                Ok(_) => self.inner.pool.remove_foreign(&s.container_id).await,
+                // The store names this session's lease: nobody holds the sandbox but the
+                // session ending here. This pool may have handed it over to the stopped
+                // instance before (it moved there, and that instance stopped before it took
+                // it in, or restarted without room for it): that mark is stale now, and the
+                // sandbox goes whatever it says.
+                Ok(Some(_)) => self.inner.pool.remove_stranded(&s.container_id).await,
+                Ok(None) => self.inner.pool.remove_foreign(&s.container_id).await,
                 Err(error) => {
                     tracing::warn!(session_id = %s.id, %error, "cannot tell who holds a stopped instance's sandbox; leaving it to the sweep")
                 }
@@ -729,6 +736,30 @@ impl SessionManager {
             self.inner.pool.hand_over(&s.lease());
             Moves::count(&self.inner.moves.drained);
             tracing::info!(session_id = %s.id, "session left for a peer to resume");
+        }
+    }
+
+    /// An ended session of this instance whose sandbox the pool does not hold. Usually the
+    /// sandbox died or was released already; but when a hand-over or takeover to this
+    /// instance moved the record and the previous holder let the sandbox go, and this pool
+    /// then could not take it in (full, or refused by the supervisor), the sandbox belongs to
+    /// nobody: the previous holder counts it as handed over and every janitor as held, so
+    /// without this it would outlive every replica. It is removed if the store still names
+    /// this session's lease for it (a stale record, whose sandbox has another session or a
+    /// newer lease, touches nothing).
+    async fn remove_stranded(&self, s: &Session) {
+        match self.inner.store.sandbox_owner(&s.container_id).await {
+            Ok(Some(holder))
+                if holder.owner == self.inner.instance
+                    && holder.session_id == s.id
+                    && holder.fence == s.fence =>
+            {
+                self.inner.pool.remove_stranded(&s.container_id).await;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(session_id = %s.id, %error, "cannot tell whether an ended session's sandbox is stranded; leaving it")
+            }
         }
     }
 

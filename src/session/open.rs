@@ -9,7 +9,7 @@ use super::manager::{Local, Moves, Opened, SessionManager};
 use super::model::{Session, SessionState, new_resume_token, now_ms, token_matches};
 use super::store::SessionStore;
 use super::{EndReason, SessionError};
-use crate::pool::{ContainerPool, LeaseRef, Place};
+use crate::pool::{ContainerPool, LeaseRef, Place, epoch_of};
 
 /// A subject's slot is reserved for the acquire timeout plus this (a create, the record's
 /// write), after which an opener that crashed no longer holds it.
@@ -229,9 +229,13 @@ impl SessionManager {
                     owner: s.owner.clone(),
                 });
             }
-            // The new lease: from a new epoch of the store, so that its token is larger than
-            // any the previous holder was given, and written with the move.
-            self.inner.pool.advance_epoch(store.next_epoch().await?);
+            // The new lease: from a new epoch of the store, above the epoch of the record's
+            // lease, so that its token is larger than any the previous holder was given (the
+            // store's counter alone may be behind it: see `next_epoch`), and written with the
+            // move.
+            self.inner
+                .pool
+                .advance_epoch(store.next_epoch(epoch_of(s.fence)).await?);
             let fence = self.inner.pool.mint_fence();
             // Live owner: an orderly hand-over; dead owner (heartbeat lapsed, or Docker says
             // its container is down): a takeover (handover.rs).

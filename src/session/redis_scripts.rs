@@ -142,8 +142,9 @@ redis.call('SREM', ARGV[7] .. ARGV[2], f[3])
 return 1
 "#;
 
-/// KEYS: the epoch counter. ARGV: the clock in seconds. Never below the clock, so that a
-/// store that lost its data still hands out larger epochs than before.
+/// KEYS: the epoch counter. ARGV: the floor: the clock in seconds, or the epoch the caller
+/// must exceed if that is larger. Never at or below the floor, so that a store that lost its
+/// data still hands out epochs larger than those of the leases taken over.
 pub(super) const NEXT_EPOCH: &str = r#"
 local e = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = tonumber(ARGV[1])

@@ -159,10 +159,13 @@ pub trait Ownership: Send + Sync {
     /// Who serves `container_id`, if the store knows.
     async fn sandbox_owner(&self, container_id: &str) -> Result<Option<SandboxOwner>, StoreError>;
 
-    /// A new epoch for fencing tokens: larger than every epoch this store gave before and
-    /// never below the clock in seconds, so that epochs keep rising after a store lost its
-    /// data.
-    async fn next_epoch(&self) -> Result<u64, StoreError>;
+    /// A new epoch for fencing tokens: larger than every epoch this store gave before, larger
+    /// than `above`, and never below the clock in seconds. A taker names the epoch of the
+    /// lease it takes over as `above`: the counter alone cannot promise a larger one, since a
+    /// store that lost its data starts again at the clock, and epochs are taken faster than
+    /// one a second (every resume on another replica takes one), so tokens in use run ahead
+    /// of the clock.
+    async fn next_epoch(&self, above: u64) -> Result<u64, StoreError>;
 
     /// Moves a session from owner `from` to `to` under lease `fence` (the sandbox's owner
     /// too), if `from` still owns it and it is not ending.

@@ -187,7 +187,7 @@ impl SessionManager {
             }
             // A new epoch long before this one's 2^32 tokens run out.
             if self.inner.pool.fences_minted() > 1 << 31 {
-                match self.inner.store.next_epoch().await {
+                match self.inner.store.next_epoch(0).await {
                     Ok(epoch) => self.inner.pool.advance_epoch(epoch),
                     Err(error) => tracing::warn!(%error, "taking a new fencing epoch failed"),
                 }

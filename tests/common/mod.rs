@@ -401,6 +401,12 @@ impl RedisServer {
         self.launch().await;
     }
 
+    /// Starts a stopped server again on the same port, empty (it keeps no data).
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is stopped");
+        self.launch().await;
+    }
+
     /// `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")

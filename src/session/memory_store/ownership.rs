@@ -8,9 +8,9 @@ impl Ownership for MemoryStore {
         Ok(self.lock().sandboxes.get(container_id).cloned())
     }
 
-    async fn next_epoch(&self) -> Result<u64, StoreError> {
+    async fn next_epoch(&self, above: u64) -> Result<u64, StoreError> {
         let mut mem = self.lock();
-        let floor = (crate::session::now_ms() / 1000) as u64;
+        let floor = ((crate::session::now_ms() / 1000) as u64).max(above);
         mem.epoch = mem.epoch.max(floor) + 1;
         Ok(mem.epoch)
     }

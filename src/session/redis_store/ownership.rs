@@ -21,12 +21,12 @@ impl Ownership for RedisStore {
         })
     }
 
-    async fn next_epoch(&self) -> Result<u64, StoreError> {
-        let now_secs = crate::session::now_ms() / 1000;
+    async fn next_epoch(&self, above: u64) -> Result<u64, StoreError> {
+        let now_secs = (crate::session::now_ms() / 1000) as u64;
         self.scripts
             .next_epoch
             .key(format!("{}epoch", self.prefix))
-            .arg(now_secs)
+            .arg(now_secs.max(above))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)
