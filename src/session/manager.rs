@@ -784,6 +784,34 @@ impl SessionManager {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         let deadline = tokio::time::Instant::now() + within;
+        // Sessions the store names as this instance's although it does not serve them: a
+        // hand-over to it that the owner answered after this instance's ask had given up (the
+        // answer late, or lost with a Redis restart) moved the record here, and the sandbox was
+        // never taken in. Ending them removes that sandbox (`remove_stranded`); nothing else
+        // would before their idle TTL. Found before a drain, which leaves its own sessions
+        // recorded here for the peers to take.
+        let stranded: Vec<String> = match tokio::time::timeout_at(
+            deadline,
+            self.inner.store.owned_by(&self.inner.instance),
+        )
+        .await
+        {
+            Ok(Ok(owned)) => {
+                let local = self.local();
+                owned
+                    .into_iter()
+                    .filter(|id| !local.contains_key(id))
+                    .collect()
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "shutdown: cannot list this instance's sessions in the store; ending the local ones");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!("shutdown: listing this instance's sessions timed out");
+                Vec::new()
+            }
+        };
         let peers = tokio::time::timeout_at(deadline, self.live_peers())
             .await
             .unwrap_or(0);
@@ -799,7 +827,8 @@ impl SessionManager {
                 tracing::warn!("draining sessions at shutdown timed out");
             }
         }
-        let ids: Vec<String> = self.local().keys().cloned().collect();
+        let mut ids: Vec<String> = self.local().keys().cloned().collect();
+        ids.extend(stranded);
         let ends = join_all(ids.iter().map(|id| self.end(id, EndReason::Shutdown)));
         if tokio::time::timeout_at(deadline, ends).await.is_err() {
             tracing::warn!("ending sessions at shutdown timed out");
