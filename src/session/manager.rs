@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::error::{EndReason, SessionError};
 use super::model::{Session, SessionState, now_ms};
-use super::store::{InstanceClaim, SessionStore};
+use super::store::{Cutoffs, InstanceClaim, SessionStore, Sweep};
 use crate::config::SessionConfig;
 use crate::pool::{
     CommandOutput, CommandSpec, ContainerPool, Lease, LeaseRef, OutputChunk, PoolError, PoolStatus,
@@ -78,6 +78,10 @@ impl Default for SessionSettings {
         Self::from_config(&SessionConfig::default())
     }
 }
+
+/// How long a stopping replica waits, after withdrawing its heartbeat, before it counts its
+/// live peers: replicas stopped at the same moment withdraw theirs meanwhile.
+const DRAIN_SETTLE: Duration = Duration::from_millis(500);
 
 /// Activity is written to the store at most once per session per this.
 const TOUCH_EVERY: Duration = Duration::from_secs(1);
@@ -692,24 +696,11 @@ impl SessionManager {
         live
     }
 
-    /// Leaves every local session for a peer to resume (see [`SessionManager::shutdown`]).
-    /// The order matters: this instance stops serving before its heartbeat goes (so no
-    /// command runs here once a peer may take a session over), and each sandbox is given up
-    /// (link closed, left running) as its socket hears `moved`.
+    /// Leaves every local session for a peer to resume (see [`SessionManager::shutdown`]):
+    /// each is marked detached, its socket hears `moved`, and its sandbox is given up (link
+    /// closed, left running). This instance has stopped serving and withdrawn its heartbeat
+    /// before, so no command runs here once a peer may take a session over.
     async fn drain(&self) {
-        *self
-            .inner
-            .serving_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
-        if let Err(error) = self
-            .inner
-            .store
-            .remove_heartbeat(&self.inner.instance, &self.inner.incarnation)
-            .await
-        {
-            tracing::warn!(%error, "withdrawing the heartbeat failed; peers take the sessions over once it lapses");
-        }
         let now = now_ms();
         let sessions: Vec<Session> = self
             .local()
@@ -717,25 +708,68 @@ impl SessionManager {
             .filter(|l| l.session.state != SessionState::Ending)
             .map(|l| l.session.clone())
             .collect();
-        for s in &sessions {
+        for s in sessions {
             if let Err(error) = self.inner.store.detach(&s.id, now).await {
                 tracing::warn!(session_id = %s.id, %error, "marking a drained session detached failed");
             }
-            self.tell_ended(s, EndReason::Moved);
-        }
-        // Peers stopping at the same moment (a whole stack going down) withdraw their
-        // heartbeats too: if none is left, the sessions end here after all (those a peer
-        // took over meanwhile are no longer this instance's to claim), so nothing is left
-        // running for nobody.
-        if self.live_peers().await == 0 {
-            tracing::info!("no live peer is left: ending the sessions instead");
-            return;
-        }
-        for s in sessions {
+            self.tell_ended(&s, EndReason::Moved);
             self.local().remove(&s.id);
             self.inner.pool.hand_over(&s.lease());
             Moves::count(&self.inner.moves.drained);
             tracing::info!(session_id = %s.id, "session left for a peer to resume");
+        }
+    }
+
+    /// The last replica out (no live peer) ends every session no live instance serves: its
+    /// own, and those that replicas stopping or dying before it left for a peer. Nobody is
+    /// left to resume them, so their sandboxes are removed now rather than outliving the
+    /// deployment. Each is claimed atomically (its owner must be this instance or dead), as
+    /// the janitor does.
+    async fn end_unserved(&self) {
+        let now = now_ms();
+        let cutoffs = Cutoffs {
+            idle_before_ms: i64::MAX,
+            detached_before_ms: i64::MAX,
+            claimed_before_ms: now - super::STALE_CLAIM_MS,
+        };
+        let batch = self.inner.settings.janitor_batch;
+        let mut offset = 0;
+        loop {
+            let ids = match self
+                .inner
+                .store
+                .candidates(Sweep::Idle, &cutoffs, offset, batch)
+                .await
+            {
+                Ok(ids) if !ids.is_empty() => ids,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "shutdown: listing sessions failed; the janitors of the next start end them");
+                    return;
+                }
+            };
+            let claimed = match self
+                .inner
+                .store
+                .claim_expired(&ids, &cutoffs, &self.inner.instance, now)
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::warn!(%error, "shutdown: claiming sessions failed");
+                    return;
+                }
+            };
+            offset += ids.len() - claimed.len();
+            join_all(
+                claimed
+                    .into_iter()
+                    .map(|s| self.finish_claimed(s, EndReason::Shutdown)),
+            )
+            .await;
+            if ids.len() < batch {
+                return;
+            }
         }
     }
 
@@ -773,13 +807,14 @@ impl SessionManager {
         self.local().clear();
     }
 
-    /// Stops the loops; then, when other live replicas share the store, **drains**: this
-    /// instance stops serving, withdraws its heartbeat, and leaves every session to be
-    /// resumed on a peer (their sockets hear `moved`; the sandboxes stay running, files and
-    /// processes intact, for whoever takes them over; a session nobody resumes ends on a
-    /// peer's janitor after the reconnect grace). Without live peers it ends every session
-    /// (their sockets hear `shutdown`). Then the heartbeat is withdrawn. The pool is shut down
-    /// after this (it leaves the drained sandboxes alone).
+    /// Stops the loops and this instance's serving, withdraws its heartbeat, and, after a
+    /// short settle, when other live replicas share the store, **drains**: every session is
+    /// left to be resumed on a peer (their sockets hear `moved`; the sandboxes stay running,
+    /// files and processes intact, for whoever takes them over; a session nobody resumes ends
+    /// on a peer's janitor after the reconnect grace). Without live peers (the last one out)
+    /// it ends every session no live instance serves, its own and those others left (their
+    /// sockets hear `shutdown`). The pool is shut down after this (it leaves the drained
+    /// sandboxes alone).
     pub async fn shutdown(&self, within: Duration) {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
@@ -812,6 +847,24 @@ impl SessionManager {
                 Vec::new()
             }
         };
+        // Stop serving and withdraw the heartbeat first: from now on no command runs here,
+        // and peers may take this instance's sessions over at once. Replicas stopped at the
+        // same moment (a whole stack going down) do the same; after a short settle they are
+        // no longer counted as peers, so they do not leave sessions to each other.
+        *self
+            .inner
+            .serving_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        if let Err(error) = self
+            .inner
+            .store
+            .remove_heartbeat(&self.inner.instance, &self.inner.incarnation)
+            .await
+        {
+            tracing::warn!(%error, "withdrawing the heartbeat failed; it lapses by itself");
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + DRAIN_SETTLE)).await;
         let peers = tokio::time::timeout_at(deadline, self.live_peers())
             .await
             .unwrap_or(0);
@@ -833,14 +886,13 @@ impl SessionManager {
         if tokio::time::timeout_at(deadline, ends).await.is_err() {
             tracing::warn!("ending sessions at shutdown timed out");
         }
-        let _ = tokio::time::timeout_at(deadline, self.inner.tasks.wait()).await;
-        if let Err(error) = self
-            .inner
-            .store
-            .remove_heartbeat(&self.inner.instance, &self.inner.incarnation)
-            .await
+        if peers == 0
+            && tokio::time::timeout_at(deadline, self.end_unserved())
+                .await
+                .is_err()
         {
-            tracing::debug!(%error, "withdrawing the heartbeat failed; it expires by itself");
+            tracing::warn!("ending unserved sessions at shutdown timed out");
         }
+        let _ = tokio::time::timeout_at(deadline, self.inner.tasks.wait()).await;
     }
 }
