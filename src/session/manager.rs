@@ -640,8 +640,28 @@ impl SessionManager {
     pub async fn shutdown(&self, within: Duration) {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
-        let ids: Vec<String> = self.local().keys().cloned().collect();
         let deadline = tokio::time::Instant::now() + within;
+        let mut ids: Vec<String> = self.local().keys().cloned().collect();
+        // And the sessions the store names as this instance's although it does not serve
+        // them: a hand-over to it that the owner answered after this instance's ask had given
+        // up (the answer late, or lost with a Redis restart) moved the record here, and the
+        // sandbox was never taken in. Ending them removes that sandbox (`remove_stranded`);
+        // nothing else would before their idle TTL.
+        match tokio::time::timeout_at(deadline, self.inner.store.owned_by(&self.inner.instance))
+            .await
+        {
+            Ok(Ok(owned)) => {
+                for id in owned {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "shutdown: cannot list this instance's sessions in the store; ending the local ones")
+            }
+            Err(_) => tracing::warn!("shutdown: listing this instance's sessions timed out"),
+        }
         let ends = join_all(ids.iter().map(|id| self.end(id, EndReason::Shutdown)));
         if tokio::time::timeout_at(deadline, ends).await.is_err() {
             tracing::warn!("ending sessions at shutdown timed out");
