@@ -986,3 +986,77 @@ async fn nemesis() {
         );
     }
 }
+
+/// The checker itself, on small made-up histories: it flags what must never happen and
+/// nothing else (a sandbox reused after its session ended, files lost after a typed expiry).
+#[test]
+fn the_checker_flags_exactly_the_forbidden_histories() {
+    const A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+    const B: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+    let cmd = |client: u32, sid: &str, ws: &str, t0: f64, nonce: &str, stdout: &str| {
+        json!({"op": "cmd", "client": client, "kind": "read", "sid": sid, "ws": ws, "inst": "r0",
+               "nonce": nonce, "t0": t0, "t1": t0 + 5.0, "ok": true, "status": "ok", "exit": 0,
+               "stdout": stdout, "stderr": ""})
+    };
+    let ok = |client, sid: &str, ws, t0, nonce: &str| {
+        cmd(client, sid, ws, t0, nonce, &format!("{sid}\n{nonce}\n"))
+    };
+    let violations = |history: Vec<Value>| check(&history).violations;
+
+    // One sandbox, two sessions one after the other: fine.
+    let sequential = vec![
+        ok(0, A, "w1", 0.0, "n0-1-00000000"),
+        ok(0, A, "w1", 100.0, "n0-2-00000000"),
+        ok(1, B, "w1", 200.0, "n1-1-00000000"),
+        ok(1, B, "w1", 300.0, "n1-2-00000000"),
+    ];
+    assert!(violations(sequential).is_empty());
+
+    // One sandbox, two sessions at once: flagged.
+    let overlapping = vec![
+        ok(0, A, "w1", 0.0, "n0-1-00000000"),
+        ok(1, B, "w1", 50.0, "n1-1-00000000"),
+        ok(0, A, "w1", 100.0, "n0-2-00000000"),
+        ok(1, B, "w1", 150.0, "n1-2-00000000"),
+    ];
+    let found = violations(overlapping);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("overlapping"), "{found:?}");
+
+    // Another command's output, another session's marker, a lost marker: flagged.
+    let crossed = vec![cmd(
+        0,
+        A,
+        "w1",
+        0.0,
+        "n0-1-00000000",
+        &format!("{A}\nn1-7-00000000\n"),
+    )];
+    assert!(violations(crossed)[0].contains("another command's output"));
+    let foreign = vec![cmd(
+        0,
+        A,
+        "w1",
+        0.0,
+        "n0-1-00000000",
+        &format!("{B}\nn0-1-00000000\n"),
+    )];
+    assert!(violations(foreign)[0].contains("another session's files"));
+    let lost = vec![cmd(0, A, "w1", 10.0, "n0-1-00000000", "n0-1-00000000\n")];
+    assert!(violations(lost)[0].contains("marker file is gone"));
+
+    // The same loss after a typed expiry: allowed.
+    let told = vec![
+        json!({"op": "expired", "client": 0, "sid": A, "reason": "sandbox_lost", "t": 5.0}),
+        cmd(0, A, "w1", 10.0, "n0-1-00000000", "n0-1-00000000\n"),
+    ];
+    assert!(violations(told).is_empty());
+
+    // A resume into another sandbox: flagged.
+    let moved = vec![
+        json!({"op": "resume", "client": 0, "sid": A, "outcome": "resumed",
+                            "fromWs": "w1", "ws": "w2", "fromInst": "r0", "inst": "r1",
+                            "t0": 0.0, "t1": 1.0, "codes": []}),
+    ];
+    assert!(violations(moved)[0].contains("another sandbox"));
+}
