@@ -113,14 +113,21 @@ async fn create_touch_get_end(store: Arc<dyn SessionStore>) {
         "never moves back"
     );
 
-    assert!(store.detach(&s.id, now + 600).await.unwrap());
+    assert!(
+        !store
+            .detach(&s.id, "not-the-owner", now + 600)
+            .await
+            .unwrap(),
+        "only its owner detaches a session (a replica that lost it must not)"
+    );
+    assert!(store.detach(&s.id, "a", now + 600).await.unwrap());
     let d = store.get(&s.id).await.unwrap().unwrap();
     assert_eq!(
         (d.state, d.detached_at_ms),
         (SessionState::Detached, now + 600)
     );
     assert!(
-        !store.detach(&s.id, now + 700).await.unwrap(),
+        !store.detach(&s.id, "a", now + 700).await.unwrap(),
         "only an active session detaches"
     );
     assert!(store.reattach(&s.id, now + 800).await.unwrap());

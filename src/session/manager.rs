@@ -289,7 +289,7 @@ impl SessionManager {
                 && manager.inner.pool.lease_of(&s.container_id) == Some(s.lease())
             {
                 // Its socket is gone with the old process: the grace starts now.
-                let _ = manager.inner.store.detach(&s.id, now).await;
+                let _ = manager.inner.store.detach(&s.id, instance, now).await;
                 let mut s = s;
                 if s.state == SessionState::Active {
                     s.state = SessionState::Detached;
@@ -568,7 +568,7 @@ impl SessionManager {
         } else {
             return;
         }
-        if let Err(error) = self.inner.store.detach(id, now).await {
+        if let Err(error) = self.inner.store.detach(id, &self.inner.instance, now).await {
             tracing::warn!(session_id = %id, %error, "marking a session detached failed; the catch-up loop will retry");
         }
         // Bound what dropped connections hold: past the cap, the longest-detached go now.
@@ -709,7 +709,12 @@ impl SessionManager {
             .map(|l| l.session.clone())
             .collect();
         for s in sessions {
-            if let Err(error) = self.inner.store.detach(&s.id, now).await {
+            if let Err(error) = self
+                .inner
+                .store
+                .detach(&s.id, &self.inner.instance, now)
+                .await
+            {
                 tracing::warn!(session_id = %s.id, %error, "marking a drained session detached failed");
             }
             self.tell_ended(&s, EndReason::Moved);

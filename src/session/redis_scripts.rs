@@ -43,8 +43,11 @@ end
 return 1
 "#;
 
+/// ARGV: now, id, the owner that detaches it (only the owner may: a replica that lost the
+/// session while it was frozen must not mark its new owner's session detached).
 pub(super) const DETACH: &str = r#"
-if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if f[1] ~= 'active' or f[2] ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'detached', 'detached_at_ms', ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 return 1

@@ -106,8 +106,9 @@ pub trait SessionRecords: Send + Sync {
     /// the session is gone or ending.
     async fn touch(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
 
-    /// Marks an active session detached at `now_ms` (its socket dropped).
-    async fn detach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Marks an active session detached at `now_ms` (its socket dropped), if `owner` still owns
+    /// it: a replica that lost the session meanwhile (frozen, then taken over) touches nothing.
+    async fn detach(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError>;
 
     /// Marks a detached session active again (resumed) and touches it.
     async fn reattach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;

@@ -133,7 +133,11 @@ impl SessionManager {
                     if stored.state == SessionState::Active
                         && s.state == SessionState::Detached =>
                 {
-                    let _ = self.inner.store.detach(&s.id, s.detached_at_ms).await;
+                    let _ = self
+                        .inner
+                        .store
+                        .detach(&s.id, &self.inner.instance, s.detached_at_ms)
+                        .await;
                 }
                 Ok(Some(_)) => {}
                 Err(_) => return, // the store is down; try next time

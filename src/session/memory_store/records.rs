@@ -38,9 +38,9 @@ impl SessionRecords for MemoryStore {
         }))
     }
 
-    async fn detach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+    async fn detach(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
         Ok(self.update(id, |s| {
-            if s.state != SessionState::Active {
+            if s.state != SessionState::Active || s.owner != owner {
                 return false;
             }
             s.state = SessionState::Detached;

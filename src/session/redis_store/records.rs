@@ -31,10 +31,19 @@ impl SessionRecords for RedisStore {
             .await
     }
 
-    async fn detach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let keys = [self.session_key(id), self.idx("detached")];
-        self.transition(&self.scripts.detach, &keys, id, now_ms)
+    async fn detach(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .scripts
+            .detach
+            .key(self.session_key(id))
+            .key(self.idx("detached"))
+            .arg(now_ms)
+            .arg(id)
+            .arg(owner)
+            .invoke_async(&mut self.conn.clone())
             .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
     }
 
     async fn reattach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
