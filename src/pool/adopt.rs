@@ -236,6 +236,21 @@ impl ContainerPool {
         }
     }
 
+    /// The last replica out of a deployment (no live peer left to serve anything) removes the
+    /// sandboxes it handed over, whatever their label: their sessions were ended (or lost
+    /// with the store's data), and no pool holds them, so nobody else ever would. The pool's
+    /// own shutdown then removes the rest of this instance's containers.
+    pub async fn remove_handed_over(&self) {
+        let handed = self.state().take_handed_over();
+        if !handed.is_empty() {
+            tracing::info!(
+                count = handed.len(),
+                "last replica out: removing the sandboxes it had handed over"
+            );
+        }
+        join_all(handed.iter().map(|id| self.remove_foreign(id))).await;
+    }
+
     /// Removes the sandbox of a session that ended here, which the store names as that
     /// session's under its lease, but which this pool does not hold: a hand-over or takeover
     /// that did not complete (the previous holder let the sandbox go, then the new one could

@@ -497,6 +497,14 @@ impl State {
         self.checked();
     }
 
+    /// Forgets every hand-over mark and returns the containers they named: the last replica
+    /// out (no live peer) knows nobody serves them any more.
+    pub fn take_handed_over(&mut self) -> Vec<String> {
+        let handed: Vec<String> = self.handed_over.drain().collect();
+        self.checked();
+        handed
+    }
+
     /// `id` came back to this instance with its session (the store says so) but this pool
     /// could not take it in: it is no longer handed over. `true` when the pool holds it in no
     /// other way either (idle, leased, scrubbing, destroying, stray), so that nobody but the

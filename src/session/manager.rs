@@ -682,18 +682,17 @@ impl SessionManager {
         tracing::info!(session_id = %s.id, reason = reason.as_str(), "session ended");
     }
 
-    /// Other instances of this store whose heartbeat is alive.
-    async fn live_peers(&self) -> usize {
-        let Ok(known) = self.inner.store.known_instances().await else {
-            return 0;
-        };
+    /// Other instances of this store whose heartbeat is alive; `None` when the store cannot
+    /// tell (down), which is not the same as none.
+    async fn live_peers(&self) -> Option<usize> {
+        let known = self.inner.store.known_instances().await.ok()?;
         let mut live = 0;
         for instance in known.iter().filter(|i| **i != self.inner.instance) {
-            if self.inner.store.is_alive(instance).await.unwrap_or(false) {
+            if self.inner.store.is_alive(instance).await.ok()? {
                 live += 1;
             }
         }
-        live
+        Some(live)
     }
 
     /// Leaves every local session for a peer to resume (see [`SessionManager::shutdown`]):
@@ -818,8 +817,8 @@ impl SessionManager {
     /// files and processes intact, for whoever takes them over; a session nobody resumes ends
     /// on a peer's janitor after the reconnect grace). Without live peers (the last one out)
     /// it ends every session no live instance serves, its own and those others left (their
-    /// sockets hear `shutdown`). The pool is shut down after this (it leaves the drained
-    /// sandboxes alone).
+    /// sockets hear `shutdown`), and removes the sandboxes it had handed over. The pool is shut
+    /// down after this (it leaves the drained and handed-over sandboxes alone).
     pub async fn shutdown(&self, within: Duration) {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
@@ -872,8 +871,9 @@ impl SessionManager {
         tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + DRAIN_SETTLE)).await;
         let peers = tokio::time::timeout_at(deadline, self.live_peers())
             .await
-            .unwrap_or(0);
-        if peers > 0 {
+            .ok()
+            .flatten();
+        if let Some(peers) = peers.filter(|p| *p > 0) {
             tracing::info!(
                 peers,
                 "live peers share the store: handing this replica's sessions to them"
@@ -891,12 +891,24 @@ impl SessionManager {
         if tokio::time::timeout_at(deadline, ends).await.is_err() {
             tracing::warn!("ending sessions at shutdown timed out");
         }
-        if peers == 0
-            && tokio::time::timeout_at(deadline, self.end_unserved())
+        // The last one out. Only when the store says so: a store that cannot answer says
+        // nothing about peers, which may be serving what this instance handed them.
+        if peers == Some(0) {
+            if tokio::time::timeout_at(deadline, self.end_unserved())
                 .await
                 .is_err()
-        {
-            tracing::warn!("ending unserved sessions at shutdown timed out");
+            {
+                tracing::warn!("ending unserved sessions at shutdown timed out");
+            }
+            // What it handed over is nobody's now: a session moved on whose record the store
+            // lost (a Redis restart) before its new holder took the sandbox in is ended by no
+            // janitor and held by no pool.
+            if tokio::time::timeout_at(deadline, self.inner.pool.remove_handed_over())
+                .await
+                .is_err()
+            {
+                tracing::warn!("removing handed-over sandboxes at shutdown timed out");
+            }
         }
         let _ = tokio::time::timeout_at(deadline, self.inner.tasks.wait()).await;
     }
