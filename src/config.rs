@@ -90,6 +90,9 @@ pub struct Config {
     #[command(flatten)]
     pub auth: AuthConfig,
 
+    #[command(flatten)]
+    pub mcp: McpConfig,
+
     /// How long graceful shutdown may take before the process exits anyway, in seconds.
     /// Default 30.
     #[arg(long = "shutdown-timeout-secs", env = "SANDPOOL_SHUTDOWN_TIMEOUT_SECS", default_value = "30", value_parser = parse_secs("SANDPOOL_SHUTDOWN_TIMEOUT_SECS", false))]
@@ -367,6 +370,94 @@ pub struct ApiConfig {
     pub exec_output_limit_bytes: usize,
 }
 
+/// The agents' door (the MCP endpoint at `/mcp`) and the approval of tool calls.
+#[derive(Debug, Clone, Args)]
+pub struct McpConfig {
+    /// Approval policies a browser may choose (`all`, `writes`, `none`), comma-separated.
+    /// New sessions get `writes` when it is allowed, else the strictest allowed. Default all
+    /// three.
+    #[arg(long = "approval-policies", env = "SANDPOOL_APPROVAL_POLICIES", default_value = "all,writes,none", value_parser = parse_policies)]
+    pub approval_policies: NameList,
+
+    /// How long a tool call waits for the user's approval (also while no browser is
+    /// attached), in milliseconds. Default 120000.
+    #[arg(long = "approval-timeout-ms", env = "SANDPOOL_APPROVAL_TIMEOUT_MS", default_value = "120000", value_parser = parse_ms("SANDPOOL_APPROVAL_TIMEOUT_MS", true))]
+    pub approval_timeout: Duration,
+
+    /// Host names (optionally `host:port`) the MCP endpoint answers to, comma-separated: a
+    /// request with another `Host` header gets 403 (DNS-rebinding protection). `*` allows
+    /// every host (behind a proxy that checks it). Default `localhost,127.0.0.1,::1`.
+    #[arg(long = "mcp-allowed-hosts", env = "SANDPOOL_MCP_ALLOWED_HOSTS", default_value = "localhost,127.0.0.1,::1", value_parser = parse_names("SANDPOOL_MCP_ALLOWED_HOSTS"))]
+    pub allowed_hosts: NameList,
+
+    /// Origins (`scheme://host:port`) a browser-based MCP client may call from,
+    /// comma-separated; empty: requests carrying an `Origin` header are not checked. Default
+    /// empty.
+    #[arg(long = "mcp-allowed-origins", env = "SANDPOOL_MCP_ALLOWED_ORIGINS", default_value = "", value_parser = parse_names("SANDPOOL_MCP_ALLOWED_ORIGINS"))]
+    pub allowed_origins: NameList,
+
+    /// Largest MCP request body, in bytes (a `write_file` carries the file in it). Default
+    /// 4194304.
+    #[arg(long = "mcp-max-body-bytes", env = "SANDPOOL_MCP_MAX_BODY_BYTES", default_value = "4194304", value_parser = parse_positive("SANDPOOL_MCP_MAX_BODY_BYTES"))]
+    pub max_body_bytes: usize,
+
+    /// The address clients reach this service at (`https://sandpool.example.com`), for the
+    /// `mcp.url` a session is told. Unset: taken from the handshake's `Host` (and
+    /// `X-Forwarded-Proto`) headers.
+    #[arg(long = "public-url", env = "SANDPOOL_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// The address other replicas reach this one at (`http://sandpool-1:3000`), to forward
+    /// an MCP call to the replica that holds its session. Unset: `http://` and the listen
+    /// address, or this host's name when listening on every address.
+    #[arg(long = "internal-url", env = "SANDPOOL_INTERNAL_URL")]
+    pub internal_url: Option<String>,
+}
+
+/// A comma-separated list of names, trimmed, empty entries dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameList(pub Vec<String>);
+
+impl NameList {
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|n| n == name)
+    }
+}
+
+fn parse_names(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<NameList, String> + Clone + Send + Sync {
+    move |value: &str| {
+        let names: Vec<String> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect();
+        if names.iter().any(|n| n.chars().any(char::is_whitespace)) {
+            return Err(format!("{var}: {value:?} has a name with a space in it"));
+        }
+        Ok(NameList(names))
+    }
+}
+
+fn parse_policies(value: &str) -> Result<NameList, String> {
+    let names = parse_names("SANDPOOL_APPROVAL_POLICIES")(value)?;
+    if names.0.is_empty() {
+        return Err("SANDPOOL_APPROVAL_POLICIES: allow at least one of all, writes, none".into());
+    }
+    match names
+        .0
+        .iter()
+        .find(|n| !["all", "writes", "none"].contains(&n.as_str()))
+    {
+        Some(bad) => Err(format!(
+            "SANDPOOL_APPROVAL_POLICIES: {bad:?} is not a policy (all, writes, none)"
+        )),
+        None => Ok(names),
+    }
+}
+
 impl Config {
     /// A configuration with every default (the ones written on the fields above, read with
     /// the environment ignored) and this instance id, for tests and embedding.
@@ -404,7 +495,8 @@ default_from_args!(
     ImageConfig,
     SessionConfig,
     ApiConfig,
-    AuthConfig
+    AuthConfig,
+    McpConfig
 );
 
 fn default_instance_id() -> String {

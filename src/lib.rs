@@ -117,13 +117,21 @@ pub async fn run(
         authenticator,
         Arc::new(agent::ShellAgent),
         config.api.clone(),
+        config.mcp.clone(),
         metrics.clone(),
     );
     let (socket_layer, io) = socket_api.layer();
+    // Cancelled at shutdown: the MCP endpoint's open streams end, so the server can drain.
+    let mcp_streams = tokio_util::sync::CancellationToken::new();
     let app = api::router(api::AppState {
         sessions: sessions.clone(),
         metrics: Arc::clone(&metrics),
     })
+    .merge(api::mcp::router(
+        socket_api.clone(),
+        &config.mcp,
+        mcp_streams.clone(),
+    ))
     .layer(socket_layer);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
@@ -154,6 +162,7 @@ pub async fn run(
     // Sessions next: their sockets hear `session:expired` (reason `shutdown`) and are
     // disconnected, so the HTTP server can drain.
     sessions.shutdown(left()).await;
+    mcp_streams.cancel();
     if tokio::time::timeout_at(deadline, io.close()).await.is_err() {
         tracing::warn!("closing socket.io connections did not finish in time");
     }

@@ -5,7 +5,8 @@
 pub mod auth;
 mod error;
 mod http;
-mod socket;
+pub mod mcp;
+pub(crate) mod socket;
 
 pub use error::{ApiError, ErrorCode};
 pub use http::{AppState, router};

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::calls::PendingCall;
 use super::error::{EndReason, SessionError};
 use super::model::{Session, SessionState, now_ms};
 use super::store::{Cutoffs, InstanceClaim, SessionStore, Sweep};
@@ -91,6 +92,8 @@ const TOUCH_EVERY: Duration = Duration::from_secs(1);
 pub struct Opened {
     pub session: Session,
     pub resume_token: String,
+    /// The session's workspace token (the agent's credential, see `SessionManager::workspace`).
+    pub workspace_token: String,
     pub lease: Lease,
 }
 
@@ -114,9 +117,9 @@ pub(super) struct Local {
     /// The session's commands running now: the bound is the session's, whatever connection
     /// (or resume) runs them.
     pub(super) commands: Arc<Semaphore>,
-    /// Proposed tool calls waiting for the user's approval: call id → command. The session's,
-    /// so that a call proposed before a reconnect can be approved after it.
-    pub(super) proposals: HashMap<String, String>,
+    /// Tool calls waiting for the user's approval, by call id. The session's, so that a call
+    /// proposed before a reconnect can be approved after it.
+    pub(super) proposals: HashMap<String, PendingCall>,
 }
 
 impl Local {
@@ -460,13 +463,24 @@ impl SessionManager {
         output_limit: usize,
         sink: Option<&tokio::sync::mpsc::Sender<OutputChunk>>,
     ) -> Result<CommandOutput, SessionError> {
-        let lease = self.serving_lease(session_id)?;
         let spec = CommandSpec::shell(command, timeout, output_limit);
-        Ok(self.inner.pool.run(&lease, &spec, sink).await?)
+        self.run_spec(session_id, &spec, sink).await
+    }
+
+    /// Runs `spec` as the tenant in the sandbox of local session `session_id` (see
+    /// [`SessionManager::run_command`]).
+    pub async fn run_spec(
+        &self,
+        session_id: &str,
+        spec: &CommandSpec,
+        sink: Option<&tokio::sync::mpsc::Sender<OutputChunk>>,
+    ) -> Result<CommandOutput, SessionError> {
+        let lease = self.serving_lease(session_id)?;
+        Ok(self.inner.pool.run(&lease, spec, sink).await?)
     }
 
     /// The lease of a local session, if this instance may serve it now.
-    fn serving_lease(&self, session_id: &str) -> Result<LeaseRef, SessionError> {
+    pub(super) fn serving_lease(&self, session_id: &str) -> Result<LeaseRef, SessionError> {
         self.check_serving()?;
         self.local()
             .get(session_id)
@@ -490,34 +504,6 @@ impl SessionManager {
             None => Err(SessionError::SelfFenced(
                 "another process took its instance id",
             )),
-        }
-    }
-
-    /// Records a proposed tool call of local session `session_id` as waiting for approval;
-    /// `false` when `max` already wait (or the session is not served here).
-    pub fn propose(&self, session_id: &str, call_id: &str, command: &str, max: usize) -> bool {
-        let mut local = self.local();
-        let Some(l) = local.get_mut(session_id) else {
-            return false;
-        };
-        if l.proposals.len() >= max {
-            return false;
-        }
-        l.proposals.insert(call_id.to_string(), command.to_string());
-        true
-    }
-
-    /// Takes a waiting proposal of the session (each is taken once).
-    pub fn take_proposal(&self, session_id: &str, call_id: &str) -> Option<String> {
-        self.local()
-            .get_mut(session_id)
-            .and_then(|l| l.proposals.remove(call_id))
-    }
-
-    /// Puts back a proposal that was taken but not run (the session was busy).
-    pub fn return_proposal(&self, session_id: &str, call_id: &str, command: String) {
-        if let Some(l) = self.local().get_mut(session_id) {
-            l.proposals.insert(call_id.to_string(), command);
         }
     }
 

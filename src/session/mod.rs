@@ -5,6 +5,7 @@
 //!
 //! This module knows nothing of sockets: it reports ends through [`SessionHooks`].
 
+mod calls;
 mod error;
 mod handover;
 mod manager;
@@ -19,12 +20,17 @@ mod upkeep;
 /// The parts of the pool that are part of the session interface: the layers above speak of
 /// these through this module, never to the pool itself.
 pub use crate::pool::{
-    Failure, LeaseRef, OutputChunk, OutputStream, Place, PoolError, PoolStatus, Startup,
+    CommandOutput, CommandSpec, Failure, FileRequest, LeaseRef, OutputChunk, OutputStream, Place,
+    PoolError, PoolStatus, Startup,
 };
+pub use calls::{CallOrigin, PendingCall, PendingView};
 pub use error::{EndReason, SessionError};
 pub use manager::{JanitorReport, Opened, Recovery, SessionHooks, SessionManager, SessionSettings};
 pub use memory_store::MemoryStore;
-pub use model::{Session, SessionState, hash_token, new_resume_token, now_ms, token_matches};
+pub use model::{
+    ApprovalPolicy, Session, SessionState, hash_token, new_resume_token, new_workspace_token,
+    now_ms, token_matches, workspace_token_session,
+};
 pub use redis_store::RedisStore;
 pub use store::{
     Bus, BusMessage, Cutoffs, InstanceClaim, Liveness, Ownership, Quotas, SandboxOwner,

@@ -61,6 +61,49 @@ pub struct Session {
     /// The `sub` of the token that opened it; empty when anonymous. A resume needs a token
     /// with the same subject.
     pub subject: String,
+    /// SHA-256 (hex) of the session's workspace token (the MCP credential); the token itself
+    /// is never stored. Empty: none (a record of an older version).
+    pub mcp_hash: String,
+    /// Which tool calls wait for the user's approval.
+    pub approval: ApprovalPolicy,
+}
+
+/// Which tool calls of an agent (MCP) wait for the user's approval in the browser. Chat
+/// proposals always wait; the browser's own `exec` is the user's and never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApprovalPolicy {
+    /// Every call waits.
+    All,
+    /// Read-only tools run at once; the rest wait (the default).
+    #[default]
+    Writes,
+    /// Nothing waits.
+    None,
+}
+
+impl ApprovalPolicy {
+    pub const ALL: [ApprovalPolicy; 3] = [Self::All, Self::Writes, Self::None];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Writes => "writes",
+            Self::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Whether a call of a tool (read-only or not) waits for approval under this policy.
+    pub fn needs_approval(self, read_only: bool) -> bool {
+        match self {
+            Self::All => true,
+            Self::Writes => !read_only,
+            Self::None => false,
+        }
+    }
 }
 
 impl Session {
@@ -79,6 +122,8 @@ impl Session {
             claimed_by: String::new(),
             claimed_at_ms: 0,
             subject: String::new(),
+            mcp_hash: String::new(),
+            approval: ApprovalPolicy::default(),
         }
     }
 }
@@ -110,6 +155,28 @@ pub fn new_resume_token() -> Result<(String, String), getrandom::Error> {
     Ok((token, hash))
 }
 
+/// A fresh workspace token for session `session_id`: `spw_<session id>_<256 random bits,
+/// hex>`, and its hash. The session id in it lets the token be checked against one record.
+pub fn new_workspace_token(session_id: &str) -> Result<(String, String), getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    let token = format!(
+        "{WORKSPACE_TOKEN_PREFIX}{session_id}_{}",
+        hex::encode(bytes)
+    );
+    let hash = hash_token(&token);
+    Ok((token, hash))
+}
+
+const WORKSPACE_TOKEN_PREFIX: &str = "spw_";
+
+/// The session id a workspace token names (not yet checked against its hash).
+pub fn workspace_token_session(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix(WORKSPACE_TOKEN_PREFIX)?;
+    let (id, secret) = rest.rsplit_once('_')?;
+    (secret.len() == 64 && !id.is_empty() && id.len() <= 64).then_some(id)
+}
+
 /// SHA-256 of a token, hex.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -135,5 +202,29 @@ mod tests {
         assert!(!token_matches(&t2, &h1));
         assert!(!token_matches("", &h1));
         assert_ne!(t1, h1, "the hash is not the token");
+    }
+
+    #[test]
+    fn workspace_tokens_name_their_session() {
+        let (t, h) = new_workspace_token("abc-1").unwrap();
+        assert_eq!(workspace_token_session(&t), Some("abc-1"));
+        assert!(token_matches(&t, &h));
+        assert_eq!(workspace_token_session("spw_abc_short"), None);
+        assert_eq!(workspace_token_session("nope"), None);
+        let forged = format!("spw_other_{}", &t[t.len() - 64..]);
+        assert_eq!(workspace_token_session(&forged), Some("other"));
+        assert!(!token_matches(&forged, &h));
+    }
+
+    #[test]
+    fn policies_parse_and_decide() {
+        for p in ApprovalPolicy::ALL {
+            assert_eq!(ApprovalPolicy::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(ApprovalPolicy::parse("sometimes"), None);
+        assert!(ApprovalPolicy::All.needs_approval(true));
+        assert!(!ApprovalPolicy::Writes.needs_approval(true));
+        assert!(ApprovalPolicy::Writes.needs_approval(false));
+        assert!(!ApprovalPolicy::None.needs_approval(false));
     }
 }

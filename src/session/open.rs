@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::handover::Asked;
 use super::manager::{Local, Moves, Opened, SessionManager};
-use super::model::{Session, SessionState, new_resume_token, now_ms, token_matches};
+use super::model::{
+    Session, SessionState, new_resume_token, new_workspace_token, now_ms, token_matches,
+};
 use super::store::SessionStore;
 use super::{EndReason, SessionError};
 use crate::pool::{ContainerPool, LeaseRef, Place, epoch_of};
@@ -168,6 +170,9 @@ impl SessionManager {
             session.id = id;
             session.subject = subject.to_string();
         }
+        let (workspace_token, mcp_hash) =
+            new_workspace_token(&session.id).map_err(|e| SessionError::Random(e.to_string()))?;
+        session.mcp_hash = mcp_hash;
         // From here a record may exist: it goes before the sandbox does.
         held.session_id = Some(session.id.clone());
         if let Err(e) = self.inner.store.put(&session).await {
@@ -186,6 +191,7 @@ impl SessionManager {
         Ok(Opened {
             session,
             resume_token: token,
+            workspace_token,
             lease,
         })
     }

@@ -8,7 +8,8 @@
 /// ARGV[14] is the lease's fence (20 digits, so that strings compare as numbers), ARGV[15]
 /// the sandbox-owner key prefix, ARGV[16] `restore` for a catch-up write: then nothing is
 /// written (0) when the session exists, or its sandbox is recorded for another session
-/// under a lease at least as new.
+/// under a lease at least as new. ARGV[17] the workspace token's hash, ARGV[18] the approval
+/// policy.
 pub(super) const PUT: &str = r#"
 local sandbox = ARGV[15] .. ARGV[3]
 if ARGV[16] == 'restore' then
@@ -22,7 +23,7 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'owner', ARGV[2], 'container', ARGV[3],
   'token_hash', ARGV[4], 'created_ms', ARGV[5], 'last_active_ms', ARGV[6], 'state', ARGV[7],
   'detached_at_ms', ARGV[8], 'claimed_by', ARGV[9], 'claimed_at_ms', ARGV[10], 'subject', ARGV[12],
-  'fence', ARGV[14])
+  'fence', ARGV[14], 'mcp_hash', ARGV[17], 'approval', ARGV[18])
 redis.call('HSET', sandbox, 'owner', ARGV[2], 'session', ARGV[1], 'fence', ARGV[14])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 if ARGV[7] == 'detached' then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1]) else redis.call('ZREM', KEYS[3], ARGV[1]) end
@@ -171,5 +172,12 @@ return 1
 /// KEYS: the heartbeat key. ARGV: incarnation. Deleted only by its holder.
 pub(super) const REMOVE_HEARTBEAT: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
+/// Sets a session's approval policy (`ARGV[1]`) if the record exists and `ARGV[2]` owns it.
+pub(super) const SET_APPROVAL: &str = r#"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'approval', ARGV[1])
 return 1
 "#;

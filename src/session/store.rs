@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::model::Session;
+use super::model::{ApprovalPolicy, Session};
 
 /// A message between replicas about a session changing hands (see `handover.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -112,6 +112,15 @@ pub trait SessionRecords: Send + Sync {
 
     /// Marks a detached session active again (resumed) and touches it.
     async fn reattach(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Sets the approval policy of a session `owner` owns. `false` when the session is gone
+    /// or another instance owns it.
+    async fn set_approval(
+        &self,
+        id: &str,
+        owner: &str,
+        policy: ApprovalPolicy,
+    ) -> Result<bool, StoreError>;
 
     /// Up to `limit` ids from one sweep's index whose score is at or before its cutoff,
     /// skipping the first `offset` (candidates a pass could not claim stay in the index).

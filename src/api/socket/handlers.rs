@@ -20,6 +20,7 @@ pub(super) async fn prepare(socket: SocketRef) -> Result<(), Infallible> {
     socket.on("message", on_message);
     socket.on("tool:approval", on_approval);
     socket.on("session:end", on_end);
+    socket.on("session:policy", on_policy);
     socket.on_fallback(on_unknown);
     socket.on_disconnect(on_disconnect);
     Ok(())
@@ -39,11 +40,18 @@ pub(super) async fn on_connect(
         let _ = socket.disconnect();
         return;
     };
+    let auth = auth.ok();
+    let approval = auth.as_ref().and_then(|a| a.get("approval")).map(|a| {
+        a.as_str()
+            .map(String::from)
+            .unwrap_or_else(|| a.to_string())
+    });
     let Established {
-        session,
+        mut session,
         resume_token,
+        workspace_token,
         acquire_ms,
-    } = match api.establish(&socket, auth.ok(), &departure).await {
+    } = match api.establish(&socket, auth, &departure).await {
         Ok(established) => established,
         Err(NoSession::Left) => {
             tracing::debug!("the client left before it had its session");
@@ -66,12 +74,31 @@ pub(super) async fn on_connect(
         end_unheard(&api, &session.id).await;
         return;
     }
+    // The approval policy the handshake asked for (else a new session's default); one that
+    // is not allowed is refused with an error event, and the session keeps its policy.
+    let wanted = match approval.as_deref().map(|name| api.allowed_policy(name)) {
+        Some(Ok(policy)) => Some(policy),
+        Some(Err(error)) => {
+            api.fail(&socket, None, error, None);
+            (!resumed).then(|| api.default_policy())
+        }
+        None if !resumed => Some(api.default_policy()),
+        None => None,
+    };
+    if let Some(policy) = wanted.filter(|p| *p != session.approval) {
+        match api.sessions.set_approval(&session.id, policy).await {
+            Ok(()) => session.approval = policy,
+            Err(e) => api.fail(&socket, None, (&e).into(), None),
+        }
+    }
     let conn = Arc::new(Conn {
         session_id: session.id.clone(),
     });
     api.bind(&session.id, &socket);
     let workspace: String = session.container_id.chars().take(12).collect();
-    // A resumed session's token is the one the client already has; it is not sent again.
+    let mcp_url = api.mcp_url(&socket);
+    // A resumed session's tokens are the ones the client already has; they are not sent
+    // again.
     let payload = SessionPayload {
         session_id: &session.id,
         resume_token: resume_token.as_deref().unwrap_or(""),
@@ -79,6 +106,11 @@ pub(super) async fn on_connect(
         acquire_ms,
         resumed,
         instance: api.sessions.instance(),
+        mcp: McpPayload {
+            url: &mcp_url,
+            token: workspace_token.as_deref(),
+        },
+        approval: session.approval.as_str(),
     };
     let heard = socket.emit("session", &payload).is_ok();
     if !heard && !resumed && !socket.connected() {
@@ -90,6 +122,11 @@ pub(super) async fn on_connect(
         return;
     }
     let _ = tx.send(Slot::Ready(conn));
+    // Calls that wait for approval (made while the browser was away, or on the connection
+    // it had before) are asked again.
+    for call in api.sessions.pending_calls(&session.id) {
+        api.request_approval(&session.id, &call);
+    }
     if !socket.connected() {
         // The client left while its session was being set up, before the disconnect handler
         // could see the session: it may have its token, so the grace applies.
@@ -209,9 +246,17 @@ pub(super) async fn message_request(
     for proposal in proposals {
         let ToolProposal::Exec { command } = &proposal;
         let call_id = new_call_id();
+        let call = PendingCall::proposal(proposal.tool(), json!({"command": command}));
+        let view = PendingView {
+            call_id: call_id.clone(),
+            tool: call.tool.clone(),
+            args: call.args.clone(),
+            origin: call.origin,
+            client: None,
+        };
         if !api
             .sessions
-            .propose(&conn.session_id, &call_id, command, MAX_PENDING_PER_SESSION)
+            .propose(&conn.session_id, &call_id, call, MAX_PENDING_PER_SESSION)
         {
             return Err(ApiError::new(
                 ErrorCode::TooManyRequests,
@@ -219,18 +264,17 @@ pub(super) async fn message_request(
             )
             .into());
         }
-        let _ = socket.emit(
-            "tool:request",
-            &json!({"callId": call_id, "tool": proposal.tool(), "args": {"command": command}}),
-        );
+        let _ = socket.emit("tool:request", &tool_request_payload(&view));
         call_ids.push(call_id);
     }
     Ok(json!({"ok": true, "callIds": call_ids}))
 }
 
-/// An accepted approval: the call is rejected, or it runs under `permit`.
+/// An accepted approval: the call is rejected, handed to the agent waiting for it, or it
+/// runs here under `permit`.
 pub(super) enum Approval {
     Rejected(String),
+    Answered(String),
     Run {
         conn: Arc<Conn>,
         call_id: String,
@@ -247,6 +291,11 @@ pub(super) async fn on_approval(
 ) {
     match approval_request(&api, &socket, data).await {
         Err(r) => api.fail(&socket, Some(reply), r.error, r.call_id.as_deref()),
+        Ok(Approval::Answered(call_id)) => {
+            // The agent's call runs (or not) where it waits; its output and result reach this
+            // socket from there.
+            reply.send(&json!({"ok": true, "callId": call_id}));
+        }
         Ok(Approval::Rejected(call_id)) => {
             api.metrics.exec_done("rejected", Duration::ZERO);
             reply.send(&json!({"ok": true, "callId": call_id}));
@@ -288,17 +337,25 @@ pub(super) async fn approval_request(
     let conn = api.active_conn(socket).await?;
     let (call_id, approved) = parse_approval(data)?;
     // Only this session's own proposals are here, and each is taken once.
-    let command = api.sessions.take_proposal(&conn.session_id, &call_id);
-    let Some(command) = command else {
+    let call = api.sessions.take_proposal(&conn.session_id, &call_id);
+    let Some(call) = call else {
         let e = ApiError::new(
             ErrorCode::NotFound,
             "no tool call with that callId is waiting for approval",
         );
         return Err(Refusal::for_call(e, &call_id));
     };
+    // An agent's call: its caller runs it.
+    let Err(call) = call.decide(approved) else {
+        return Ok(Approval::Answered(call_id));
+    };
     if !approved {
         return Ok(Approval::Rejected(call_id));
     }
+    let Some(command) = call.command().map(String::from) else {
+        let e = ApiError::new(ErrorCode::Internal, "the proposed call has no command");
+        return Err(Refusal::for_call(e, &call_id));
+    };
     match api.permit(&conn) {
         Ok(permit) => Ok(Approval::Run {
             conn,
@@ -309,10 +366,34 @@ pub(super) async fn approval_request(
         Err(e) => {
             // Not run: it stays waiting, so the client can approve it again later.
             api.sessions
-                .return_proposal(&conn.session_id, &call_id, command);
+                .return_proposal(&conn.session_id, &call_id, call);
             Err(Refusal::for_call(e, &call_id))
         }
     }
+}
+
+pub(super) async fn on_policy(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    reply: Reply,
+    State(api): State<Arc<SocketApi>>,
+) {
+    let result = policy_request(&api, &socket, data).await;
+    api.answer(&socket, reply, result.map_err(Refusal::from));
+}
+
+async fn policy_request(
+    api: &SocketApi,
+    socket: &SocketRef,
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<Value, ApiError> {
+    let conn = api.active_conn(socket).await?;
+    let policy = api.allowed_policy(&parse_policy(data)?)?;
+    api.sessions
+        .set_approval(&conn.session_id, policy)
+        .await
+        .map_err(|e| ApiError::from(&e))?;
+    Ok(json!({"ok": true, "approval": policy.as_str()}))
 }
 
 pub(super) async fn on_end(socket: SocketRef, reply: Reply, State(api): State<Arc<SocketApi>>) {

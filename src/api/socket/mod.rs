@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod handlers;
-mod payload;
+pub(crate) mod payload;
 
 use handlers::{on_connect, prepare};
 use payload::*;
@@ -32,11 +32,11 @@ use payload::*;
 use super::auth::Authenticator;
 use super::error::{ApiError, ErrorCode};
 use crate::agent::{Agent, ToolProposal};
-use crate::config::ApiConfig;
+use crate::config::{ApiConfig, McpConfig};
 use crate::metrics::Metrics;
 use crate::session::{
-    EndReason, OutputChunk, OutputStream, Place, Session, SessionError, SessionHooks,
-    SessionManager,
+    ApprovalPolicy, CommandSpec, EndReason, OutputChunk, OutputStream, PendingCall, PendingView,
+    Place, Session, SessionError, SessionHooks, SessionManager,
 };
 
 /// The event that carries an error to a client that gave no ack. Not `error`: load tools
@@ -44,7 +44,7 @@ use crate::session::{
 /// connection and crash on it (docs/API.md).
 pub const ERROR_EVENT: &str = "sandpool:error";
 /// Proposed tool calls a session may have waiting for approval at once.
-const MAX_PENDING_PER_SESSION: usize = 100;
+pub(crate) const MAX_PENDING_PER_SESSION: usize = 100;
 /// What the socket layer shares.
 pub struct SocketApi {
     sessions: SessionManager,
@@ -52,6 +52,8 @@ pub struct SocketApi {
     auth: Authenticator,
     agent: Arc<dyn Agent>,
     limits: ApiConfig,
+    /// The approval policies allowed, their timeout, and the endpoint agents are told of.
+    mcp: McpConfig,
     metrics: Arc<Metrics>,
     /// Session id → the socket bound to it on this instance.
     bound: Mutex<HashMap<String, SocketRef>>,
@@ -105,6 +107,8 @@ struct Established {
     session: Session,
     /// The new session's resume token (`None` for a resumed session: the client has it).
     resume_token: Option<String>,
+    /// The new session's workspace token (`None` for a resumed session).
+    workspace_token: Option<String>,
     acquire_ms: u64,
 }
 
@@ -142,6 +146,7 @@ impl SocketApi {
         auth: Authenticator,
         agent: Arc<dyn Agent>,
         limits: ApiConfig,
+        mcp: McpConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let setup_wait = sessions.acquire_timeout() + Duration::from_secs(10);
@@ -150,6 +155,7 @@ impl SocketApi {
             auth,
             agent,
             limits,
+            mcp,
             metrics,
             bound: Mutex::new(HashMap::new()),
             setup_wait,
@@ -265,6 +271,7 @@ impl SocketApi {
                             return Ok(Established {
                                 session,
                                 resume_token: None,
+                                workspace_token: None,
                                 acquire_ms: started.elapsed().as_millis() as u64,
                             });
                         }
@@ -304,6 +311,7 @@ impl SocketApi {
         Ok(Established {
             session: opened.session,
             resume_token: Some(opened.resume_token),
+            workspace_token: Some(opened.workspace_token),
             acquire_ms: opened.lease.waited.as_millis() as u64,
         })
     }
@@ -329,9 +337,7 @@ impl SocketApi {
         }
     }
 
-    /// Runs `command` in the session's sandbox, streaming `tool:output`. A client that stops
-    /// reading slows the command down until its timeout, then stops being fed; it never pins
-    /// this handler past the command's deadline.
+    /// Runs `command` in the session's sandbox, streaming `tool:output` to `socket`.
     async fn run(
         &self,
         socket: &SocketRef,
@@ -340,40 +346,55 @@ impl SocketApi {
         command: &str,
         timeout: Duration,
     ) -> Result<RunOutcome, ApiError> {
+        let spec = CommandSpec::shell(command, timeout, self.limits.exec_output_limit_bytes);
+        self.run_spec(Some(socket.clone()), &conn.session_id, call_id, &spec, None)
+            .await
+    }
+
+    /// Runs `spec` in the sandbox of local session `session_id`, streaming its output as
+    /// `tool:output` to `socket` and as chunks to `also` (an agent's progress). A client that
+    /// stops reading slows the command down until its timeout, then stops being fed; it never
+    /// pins the caller past the command's deadline.
+    pub(crate) async fn run_spec(
+        &self,
+        socket: Option<SocketRef>,
+        session_id: &str,
+        call_id: &str,
+        spec: &CommandSpec,
+        also: Option<mpsc::Sender<OutputChunk>>,
+    ) -> Result<RunOutcome, ApiError> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + spec.timeout;
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
         let forward = {
-            let (socket, call_id) = (socket.clone(), call_id.to_string());
+            let call_id = call_id.to_string();
             tokio::spawn(async move {
-                let mut open = true;
+                let (mut socket, mut also) = (socket, also);
                 while let Some(chunk) = rx.recv().await {
-                    if !open {
-                        continue;
+                    if let Some(s) = &socket {
+                        let payload = OutputPayload {
+                            call_id: &call_id,
+                            stream: match chunk.stream {
+                                OutputStream::Stdout => "stdout",
+                                OutputStream::Stderr => "stderr",
+                            },
+                            data: String::from_utf8_lossy(&chunk.data).into_owned(),
+                        };
+                        // The client is gone or stuck: keep draining so the command is not
+                        // blocked.
+                        if !emit_with_backpressure(s, "tool:output", &payload, deadline).await {
+                            socket = None;
+                        }
                     }
-                    let payload = OutputPayload {
-                        call_id: &call_id,
-                        stream: match chunk.stream {
-                            OutputStream::Stdout => "stdout",
-                            OutputStream::Stderr => "stderr",
-                        },
-                        data: String::from_utf8_lossy(&chunk.data).into_owned(),
-                    };
-                    // The client is gone or stuck: keep draining so the command is not blocked.
-                    open = emit_with_backpressure(&socket, "tool:output", &payload, deadline).await;
+                    if let Some(a) = &also
+                        && a.send(chunk).await.is_err()
+                    {
+                        also = None;
+                    }
                 }
             })
         };
-        let result = self
-            .sessions
-            .run_command(
-                &conn.session_id,
-                command,
-                timeout,
-                self.limits.exec_output_limit_bytes,
-                Some(&tx),
-            )
-            .await;
+        let result = self.sessions.run_spec(session_id, spec, Some(&tx)).await;
         drop(tx);
         let _ = forward.await;
         let out = match result {
@@ -400,6 +421,94 @@ impl SocketApi {
         })
     }
 
+    /// Emits `event` to the socket bound to session `session_id` on this instance; `false`
+    /// when none is (the browser is away) or it could not take it.
+    pub(crate) fn emit_to_session<T: Serialize + ?Sized>(
+        &self,
+        session_id: &str,
+        event: &str,
+        data: &T,
+    ) -> bool {
+        let socket = self.bound().get(session_id).cloned();
+        socket.is_some_and(|s| s.emit(event, data).is_ok())
+    }
+
+    /// The socket bound to session `session_id` on this instance.
+    pub(crate) fn socket_of(&self, session_id: &str) -> Option<SocketRef> {
+        self.bound().get(session_id).cloned()
+    }
+
+    /// Tells the session's browser that a tool call waits for its approval.
+    pub(crate) fn request_approval(&self, session_id: &str, call: &PendingView) -> bool {
+        self.emit_to_session(session_id, "tool:request", &tool_request_payload(call))
+    }
+
+    /// The policy named `name`, if it is one and the operator allows it.
+    fn allowed_policy(&self, name: &str) -> Result<ApprovalPolicy, ApiError> {
+        let policy = ApprovalPolicy::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "approval must be \"all\", \"writes\" or \"none\", not {name:?}"
+            ))
+        })?;
+        if !self.mcp.approval_policies.contains(policy.as_str()) {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "approval policy {name:?} is not allowed here (allowed: {})",
+                    self.mcp.approval_policies.0.join(", ")
+                ),
+            ));
+        }
+        Ok(policy)
+    }
+
+    /// The policy of a new session: `writes` when allowed, else the strictest allowed.
+    fn default_policy(&self) -> ApprovalPolicy {
+        ApprovalPolicy::ALL
+            .into_iter()
+            .filter(|p| self.mcp.approval_policies.contains(p.as_str()))
+            .min_by_key(|p| match p {
+                ApprovalPolicy::Writes => 0,
+                ApprovalPolicy::All => 1,
+                ApprovalPolicy::None => 2,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The MCP endpoint's address as this socket's client reaches it: `SANDPOOL_PUBLIC_URL`,
+    /// else the handshake's `Host` (and `X-Forwarded-Proto`) headers.
+    fn mcp_url(&self, socket: &SocketRef) -> String {
+        if let Some(base) = &self.mcp.public_url {
+            return format!("{}/mcp", base.trim_end_matches('/'));
+        }
+        let parts = socket.req_parts();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let host = header("x-forwarded-host")
+            .or_else(|| header("host"))
+            .unwrap_or_else(|| "localhost".into());
+        let scheme = header("x-forwarded-proto").unwrap_or_else(|| "http".into());
+        format!("{scheme}://{host}/mcp")
+    }
+
+    /// How long an agent's call waits for the user's decision.
+    pub(crate) fn approval_timeout(&self) -> Duration {
+        self.mcp.approval_timeout
+    }
+
+    pub(crate) fn sessions(&self) -> &SessionManager {
+        &self.sessions
+    }
+
+    pub(crate) fn limits(&self) -> &ApiConfig {
+        &self.limits
+    }
+
     /// A place among the session's running commands: the bound is the session's, over all
     /// its connections and resumes on this replica.
     fn permit(&self, conn: &Conn) -> Result<OwnedSemaphorePermit, ApiError> {
@@ -422,6 +531,17 @@ impl SessionHooks for SocketApi {
             let _ = socket.disconnect();
         }
     }
+}
+
+/// `tool:request`: a tool call waiting for the user's approval.
+fn tool_request_payload(call: &PendingView) -> Value {
+    json!({
+        "callId": call.call_id,
+        "tool": call.tool,
+        "args": call.args,
+        "origin": call.origin.as_str(),
+        "client": call.client,
+    })
 }
 
 /// Emits, waiting while the socket's send buffer is full (a slow client slows the command

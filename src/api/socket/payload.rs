@@ -19,6 +19,36 @@ pub(super) struct SessionPayload<'a> {
     pub(super) resumed: bool,
     /// The replica serving the session (its instance id).
     pub(super) instance: &'a str,
+    /// The agents' door to this session: the MCP endpoint and, for a new session only, its
+    /// workspace token.
+    pub(super) mcp: McpPayload<'a>,
+    /// The session's approval policy.
+    pub(super) approval: &'static str,
+}
+
+#[derive(Serialize)]
+pub(super) struct McpPayload<'a> {
+    pub(super) url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) token: Option<&'a str>,
+}
+
+/// `session:policy`: the approval policy the browser chooses.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyPayload {
+    approval: String,
+}
+
+pub(super) fn parse_policy(
+    data: Result<Value, impl std::fmt::Display>,
+) -> Result<String, ApiError> {
+    let policy: PolicyPayload = payload(
+        data,
+        "session:policy",
+        "an object {approval: \"all\" | \"writes\" | \"none\"}",
+    )?;
+    Ok(policy.approval)
 }
 
 #[derive(Serialize)]
@@ -37,13 +67,13 @@ pub(super) struct OutputPayload<'a> {
 }
 
 /// What a finished command reports.
-pub(super) struct RunOutcome {
-    pub(super) status: &'static str,
-    pub(super) exit_code: Option<i32>,
-    pub(super) stdout: Vec<u8>,
-    pub(super) stderr: Vec<u8>,
-    pub(super) truncated: bool,
-    pub(super) duration_ms: u64,
+pub(crate) struct RunOutcome {
+    pub(crate) status: &'static str,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) truncated: bool,
+    pub(crate) duration_ms: u64,
 }
 
 /// A validated `exec` request.
@@ -52,7 +82,7 @@ pub(super) struct ExecRequest {
     pub(super) timeout: Duration,
 }
 
-pub(super) fn new_call_id() -> String {
+pub(crate) fn new_call_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::session::model::{Session, SessionState};
+use crate::session::model::{ApprovalPolicy, Session, SessionState};
 use crate::session::store::{
     Bus, BusMessage, Cutoffs, InstanceClaim, Liveness, Ownership, Quotas, SandboxOwner,
     SessionRecords, SessionStore, StoreError, Sweep,

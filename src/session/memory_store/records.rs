@@ -61,6 +61,21 @@ impl SessionRecords for MemoryStore {
         }))
     }
 
+    async fn set_approval(
+        &self,
+        id: &str,
+        owner: &str,
+        policy: ApprovalPolicy,
+    ) -> Result<bool, StoreError> {
+        Ok(self.update(id, |s| {
+            if s.owner != owner {
+                return false;
+            }
+            s.approval = policy;
+            true
+        }))
+    }
+
     async fn candidates(
         &self,
         sweep: Sweep,

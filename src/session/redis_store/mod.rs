@@ -44,7 +44,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::mpsc;
 
-use crate::session::model::{Session, SessionState};
+use crate::session::model::{ApprovalPolicy, Session, SessionState};
 use crate::session::redis_scripts::*;
 use crate::session::store::{
     Bus, BusMessage, Cutoffs, InstanceClaim, Liveness, Ownership, Quotas, SandboxOwner,
@@ -63,6 +63,7 @@ struct Scripts {
     next_epoch: Script,
     heartbeat: Script,
     remove_heartbeat: Script,
+    set_approval: Script,
 }
 
 /// The bus's first retry after its connection dropped, and the longest wait between tries.
@@ -128,6 +129,7 @@ impl RedisStore {
                 next_epoch: Script::new(NEXT_EPOCH),
                 heartbeat: Script::new(HEARTBEAT),
                 remove_heartbeat: Script::new(REMOVE_HEARTBEAT),
+                set_approval: Script::new(SET_APPROVAL),
             },
         })
     }
@@ -182,6 +184,8 @@ impl RedisStore {
             .arg(fence_field(s.fence))
             .arg(self.sandbox_prefix())
             .arg(mode)
+            .arg(&s.mcp_hash)
+            .arg(s.approval.as_str())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
@@ -277,6 +281,11 @@ fn session_from_fields(mut f: HashMap<String, String>) -> Result<Session, StoreE
         token_hash: f.remove("token_hash").unwrap_or_default(),
         claimed_by: f.remove("claimed_by").unwrap_or_default(),
         subject: f.remove("subject").unwrap_or_default(),
+        mcp_hash: f.remove("mcp_hash").unwrap_or_default(),
+        approval: f
+            .get("approval")
+            .and_then(|p| ApprovalPolicy::parse(p))
+            .unwrap_or_default(),
         // Records of older versions carry none: 0 is older than every real lease.
         fence: f.get("fence").and_then(|v| v.parse().ok()).unwrap_or(0),
         state,

@@ -31,6 +31,24 @@ impl SessionRecords for RedisStore {
             .await
     }
 
+    async fn set_approval(
+        &self,
+        id: &str,
+        owner: &str,
+        policy: ApprovalPolicy,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .scripts
+            .set_approval
+            .key(self.session_key(id))
+            .arg(policy.as_str())
+            .arg(owner)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
     async fn detach(&self, id: &str, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
         let n: i64 = self
             .scripts

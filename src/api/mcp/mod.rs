@@ -1,0 +1,142 @@
+//! The agents' door: an MCP endpoint (Streamable HTTP, `rmcp`) at `/mcp`, in the same axum
+//! server as the Socket.IO API. A caller names its session by the session's workspace token
+//! (`Authorization: Bearer <token>`, handed to the browser in the `session` event), and its
+//! tools act on that session's sandbox only. Calls wait for the user's approval in the
+//! browser as the session's policy says (`tools.rs`).
+//!
+//! What it must not do: reach any sandbox but the token's session's, act before the token is
+//! checked (a missing, forged or ended token gets 401 before `rmcp` sees the request), or
+//! log a token.
+
+mod tools;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::socket::SocketApi;
+use crate::config::McpConfig;
+use crate::session::SessionError;
+
+/// The session an authorized MCP request acts on (put in the request's extensions by the
+/// token check, read by the tools).
+#[derive(Debug, Clone)]
+pub(crate) struct Workspace {
+    pub(crate) session_id: String,
+}
+
+/// The `/mcp` route: the token check, then `rmcp`'s service with the deployment's host and
+/// origin checks and body limit. `cancel` ends its streams at shutdown.
+pub fn router(api: Arc<SocketApi>, config: &McpConfig, cancel: CancellationToken) -> Router {
+    let mut server = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(config.max_body_bytes)
+        .with_cancellation_token(cancel);
+    server = if config.allowed_hosts.contains("*") {
+        server.disable_allowed_hosts()
+    } else {
+        server.with_allowed_hosts(config.allowed_hosts.0.clone())
+    };
+    if !config.allowed_origins.0.is_empty() {
+        server = server.with_allowed_origins(config.allowed_origins.0.clone());
+    }
+    let tools_api = api.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(tools::Tools::new(tools_api.clone())),
+        Arc::new(LocalSessionManager::default()),
+        server,
+    );
+    Router::new()
+        .nest_service("/mcp", service)
+        .layer(middleware::from_fn_with_state(api, authorize))
+}
+
+/// The token check: the bearer token must open a live session that this replica serves.
+async fn authorize(State(api): State<Arc<SocketApi>>, mut req: Request, next: Next) -> Response {
+    let Some(token) = bearer(req.headers()) else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the session's workspace token as Authorization: Bearer <token>",
+        );
+    };
+    let sessions = api.sessions();
+    let session = match sessions.workspace(&token).await {
+        Ok(session) => session,
+        Err(SessionError::BadToken(_) | SessionError::Expired(_)) => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the workspace token is not valid, or its session has ended",
+            );
+        }
+        Err(error) => {
+            tracing::warn!(%error, "checking a workspace token failed");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the session store cannot be reached; try again",
+            );
+        }
+    };
+    if sessions.local_session(&session.id).is_none() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the session is not served by this replica right now; try again",
+        );
+    }
+    req.extensions_mut().insert(Workspace {
+        session_id: session.id,
+    });
+    next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_string())
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut response = (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_strictly() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer(&h).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}
