@@ -390,3 +390,58 @@ async fn the_operator_decides_which_policies_a_browser_may_choose() {
     assert_eq!(ack["error"]["code"], "bad_request", "{ack}");
     let _ = sigterm_and_wait(service);
 }
+
+/// The Python interpreter of the virtualenv `scripts/test` makes (`SANDPOOL_PYTHON`, else
+/// `target/venv/bin/python`), with the official `mcp` SDK pinned in tests/python.
+fn venv_python() -> std::path::PathBuf {
+    let python = std::env::var("SANDPOOL_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python")
+        });
+    assert!(
+        python.exists(),
+        "{} not found (scripts/test makes it: python3 -m venv target/venv && target/venv/bin/pip install -r tests/python/requirements.txt)",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_python_agent_runs_a_command_the_browser_approves() {
+    let instance = unique_instance("mcpy");
+    let _cleanup = Cleanup::new(&instance);
+    let service = spawn_service(&instance, &[]).await;
+    let mut browser = Browser::open(service.addr, None).await;
+    let url = browser.session["mcp"]["url"].as_str().unwrap().to_string();
+    let agent = tokio::process::Command::new(venv_python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/agent.py"))
+        .arg(&url)
+        .arg(browser.token())
+        .arg("echo hello from $(whoami) in $(pwd)")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    let req = browser.expect("tool:request", |_| true).await;
+    assert_eq!(req["tool"], "exec");
+    assert_eq!(req["origin"], "mcp");
+    assert!(
+        req["client"].as_str().is_some_and(|c| !c.is_empty()),
+        "{req}"
+    );
+    browser.answer(req["callId"].as_str().unwrap(), true).await;
+    let out = within(60, "the python agent", agent.wait_with_output())
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["isError"], false, "{printed}");
+    let result: Value = serde_json::from_str(printed["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        result["stdout"], "hello from sandbox in /workspace\n",
+        "{result}"
+    );
+    let _ = sigterm_and_wait(service);
+}
