@@ -40,6 +40,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Read and check sessions' audit trails.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 /// `sandpool image ...`
@@ -47,6 +52,31 @@ pub enum Command {
 pub enum ImageCommand {
     /// Build the default sandbox image from `pool-images/sandbox` without a registry.
     Build,
+}
+
+/// `sandpool audit ...`: the trail is read from `--file` when given, else from Redis
+/// (`SANDPOOL_REDIS_URL`, `SANDPOOL_REDIS_PREFIX`), else from `SANDPOOL_DATA_DIR`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check a session's hash chain: prints `ok: N entries, chain intact` and exits 0, or
+    /// where and why it breaks and exits 1.
+    Verify {
+        /// The session id.
+        #[arg(long)]
+        session: String,
+        /// A JSON-lines audit file to read instead (`{data_dir}/audit/{session}.jsonl`).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Print a session's entries, one JSON object per line, oldest first.
+    Show {
+        /// The session id.
+        #[arg(long)]
+        session: String,
+        /// A JSON-lines audit file to read instead.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 /// Every setting of the service. Flags win over environment variables, which win over defaults.
@@ -591,5 +621,16 @@ mod tests {
             let err = Cli::try_parse_from(["sandpool", flag, value]).unwrap_err();
             assert!(err.to_string().contains(var), "{err}");
         }
+    }
+
+    #[test]
+    fn audit_verify_parses() {
+        let cli = Cli::try_parse_from(["sandpool", "audit", "verify", "--session", "s1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Audit {
+                command: AuditCommand::Verify { session, file: None }
+            }) if session == "s1"
+        ));
     }
 }
