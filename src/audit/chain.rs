@@ -327,6 +327,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_the_api_docs_verifies() {
+        let doc = include_str!("../../docs/API.md");
+        let start = doc
+            .find("An entry:\n\n```json\n")
+            .expect("example in docs/API.md");
+        let json = &doc[start + "An entry:\n\n```json\n".len()..];
+        let json = &json[..json.find("```").expect("end of the example")];
+        let entry: AuditEntry = serde_json::from_str(json).unwrap();
+        assert_eq!(entry.hash, entry_hash(&entry), "the documented hash");
+        assert_eq!(verify(&[entry]), Ok(1));
+    }
+
+    #[test]
     fn truncated_args_are_hashed_as_stored() {
         let mut r = record(1);
         r.args = bound_args(serde_json::json!({"content": "x".repeat(10_000)}));
