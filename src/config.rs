@@ -40,6 +40,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Read and check sessions' audit trails.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 /// `sandpool image ...`
@@ -47,6 +52,31 @@ pub enum Command {
 pub enum ImageCommand {
     /// Build the default sandbox image from `pool-images/sandbox` without a registry.
     Build,
+}
+
+/// `sandpool audit ...`: the trail is read from `--file` when given, else from Redis
+/// (`SANDPOOL_REDIS_URL`, `SANDPOOL_REDIS_PREFIX`), else from `SANDPOOL_DATA_DIR`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check a session's hash chain: prints `ok: N entries, chain intact` and exits 0, or
+    /// where and why it breaks and exits 1.
+    Verify {
+        /// The session id.
+        #[arg(long)]
+        session: String,
+        /// A JSON-lines audit file to read instead (`{data_dir}/audit/{session}.jsonl`).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Print a session's entries, one JSON object per line, oldest first.
+    Show {
+        /// The session id.
+        #[arg(long)]
+        session: String,
+        /// A JSON-lines audit file to read instead.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 /// Every setting of the service. Flags win over environment variables, which win over defaults.
@@ -92,6 +122,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub mcp: McpConfig,
+
+    #[command(flatten)]
+    pub audit: AuditSettings,
 
     /// How long graceful shutdown may take before the process exits anyway, in seconds.
     /// Default 30.
@@ -344,6 +377,27 @@ pub struct AuthConfig {
     pub max_sessions_per_subject: usize,
 }
 
+/// The audit trail of tool calls (`src/audit/`).
+#[derive(Debug, Clone, Args)]
+pub struct AuditSettings {
+    /// Directory where the audit log is kept without Redis (`audit/<session>.jsonl` inside
+    /// it). Unset: in memory, bounded (nothing survives a restart). Ignored when
+    /// `SANDPOOL_REDIS_URL` is set: the trail is then in Redis. Default unset.
+    #[arg(long = "data-dir", env = "SANDPOOL_DATA_DIR", value_parser = parse_path("SANDPOOL_DATA_DIR"))]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// How long a session's trail is kept after its last entry, in seconds (the Redis key's
+    /// expiry; files older than this are removed at startup). Default 604800 (7 days).
+    #[arg(long = "audit-retention-secs", env = "SANDPOOL_AUDIT_RETENTION_SECS", default_value = "604800", value_parser = parse_secs("SANDPOOL_AUDIT_RETENTION_SECS", true))]
+    pub retention: Duration,
+
+    /// Record tool calls in the audit trail. `false` skips every append (to measure what
+    /// the trail costs). Default true.
+    // `action = Set`: a `bool` field is otherwise a flag that takes no value.
+    #[arg(long = "audit-enabled", env = "SANDPOOL_AUDIT_ENABLED", default_value = "true", action = clap::ArgAction::Set, value_parser = parse_env::<bool>("SANDPOOL_AUDIT_ENABLED"))]
+    pub enabled: bool,
+}
+
 /// Limits of the Socket.IO session API.
 #[derive(Debug, Clone, Args)]
 pub struct ApiConfig {
@@ -496,7 +550,8 @@ default_from_args!(
     SessionConfig,
     ApiConfig,
     AuthConfig,
-    McpConfig
+    McpConfig,
+    AuditSettings
 );
 
 fn default_instance_id() -> String {
@@ -571,6 +626,19 @@ fn parse_count(var: &str, value: &str, positive: bool) -> Result<u64, String> {
     }
 }
 
+/// A value parser for a path that must not be empty.
+fn parse_path(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<std::path::PathBuf, String> + Clone + Send + Sync {
+    move |value: &str| {
+        if value.trim().is_empty() {
+            Err(format!("{var}: must not be empty"))
+        } else {
+            Ok(std::path::PathBuf::from(value))
+        }
+    }
+}
+
 fn parse_cpus(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
         Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
@@ -604,5 +672,57 @@ mod tests {
         assert!(err.to_string().contains("SANDPOOL_POOL_MAX"), "{err}");
         let err = Cli::try_parse_from(["sandpool", "--instance-id", "a b"]).unwrap_err();
         assert!(err.to_string().contains("SANDPOOL_INSTANCE_ID"), "{err}");
+    }
+
+    #[test]
+    fn audit_settings_parse_and_reject_malformed_values() {
+        let cli = Cli::try_parse_from(["sandpool"]).unwrap();
+        assert!(cli.config.audit.enabled);
+        assert_eq!(cli.config.audit.retention, Duration::from_secs(604_800));
+        assert_eq!(
+            AuditSettings::default().retention,
+            Duration::from_secs(604_800)
+        );
+        let cli = Cli::try_parse_from([
+            "sandpool",
+            "--audit-enabled",
+            "false",
+            "--data-dir",
+            "/var/lib/sandpool",
+        ])
+        .unwrap();
+        assert!(!cli.config.audit.enabled);
+        assert_eq!(
+            cli.config.audit.data_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/sandpool"))
+        );
+        for (flag, value, var) in [
+            ("--audit-enabled", "yes", "SANDPOOL_AUDIT_ENABLED"),
+            (
+                "--audit-retention-secs",
+                "0",
+                "SANDPOOL_AUDIT_RETENTION_SECS",
+            ),
+            (
+                "--audit-retention-secs",
+                "7d",
+                "SANDPOOL_AUDIT_RETENTION_SECS",
+            ),
+            ("--data-dir", "", "SANDPOOL_DATA_DIR"),
+        ] {
+            let err = Cli::try_parse_from(["sandpool", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn audit_verify_parses() {
+        let cli = Cli::try_parse_from(["sandpool", "audit", "verify", "--session", "s1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Audit {
+                command: AuditCommand::Verify { session, file: None }
+            }) if session == "s1"
+        ));
     }
 }

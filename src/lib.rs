@@ -8,11 +8,14 @@
 //! - [`session`]: sessions in a store (Redis or in process), the janitor, ownership.
 //! - [`api`]: HTTP routes (status, readiness, metrics).
 //! - [`metrics`]: every metric name.
+//! - [`audit`]: the append-only, hash-chained trail of tool calls per session (Redis
+//!   streams, JSON-lines files or memory); a leaf that `api` uses.
 //!
 //! Dependencies point one way: `api → session → pool → docker`.
 
 pub mod agent;
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod docker;
 pub mod metrics;

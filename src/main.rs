@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use sandpool::config::{Cli, Command, ImageCommand};
+use sandpool::audit::AuditEntry;
+use sandpool::config::{AuditCommand, Cli, Command, Config, ImageCommand};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -30,8 +31,62 @@ async fn main() -> anyhow::Result<()> {
             sandpool::docker::image::build_image(&gate, &config.image).await?;
             println!("built {}", config.image.image);
         }
+        Command::Audit {
+            command: AuditCommand::Verify { session, file },
+        } => {
+            let entries = read_audit(&config, &session, file.as_deref()).await?;
+            match sandpool::audit::verify(&entries) {
+                Ok(n) => {
+                    println!("ok: {n} entries, chain intact");
+                    if n == sandpool::audit::MAX_READ_ENTRIES {
+                        eprintln!("(only the first {n} entries are read: the chain may go on)");
+                    }
+                }
+                Err(broken) => {
+                    println!(
+                        "broken: session {session}, seq {}: {}",
+                        broken.seq, broken.reason
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Show { session, file },
+        } => {
+            for entry in read_audit(&config, &session, file.as_deref()).await? {
+                println!("{}", serde_json::to_string(&entry)?);
+            }
+        }
     }
     Ok(())
+}
+
+/// A session's audit trail from `file` when given, else from Redis when
+/// `SANDPOOL_REDIS_URL` is set, else from `SANDPOOL_DATA_DIR`.
+async fn read_audit(
+    config: &Config,
+    session: &str,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<AuditEntry>> {
+    use sandpool::audit::{AuditLog, FileAuditLog, RedisAuditLog, file::read_jsonl};
+    if let Some(path) = file {
+        return Ok(read_jsonl(path, false)?);
+    }
+    let settings = &config.audit;
+    if let Some(url) = &config.session.redis_url {
+        let log = RedisAuditLog::connect(url, &config.session.redis_prefix, settings.retention)
+            .await
+            .context("cannot reach SANDPOOL_REDIS_URL")?;
+        return Ok(log.read(session).await?);
+    }
+    if let Some(dir) = &settings.data_dir {
+        let log = FileAuditLog::open(dir, settings.retention)?;
+        return Ok(read_jsonl(&log.path(session)?, false)?);
+    }
+    anyhow::bail!(
+        "no audit trail to read: set SANDPOOL_REDIS_URL or SANDPOOL_DATA_DIR, or pass --file (an in-memory trail lives only in its process)"
+    )
 }
 
 /// Completes on Ctrl-C or SIGTERM.
