@@ -466,6 +466,16 @@ pub struct McpConfig {
     /// address, or this host's name when listening on every address.
     #[arg(long = "internal-url", env = "SANDPOOL_INTERNAL_URL")]
     pub internal_url: Option<String>,
+
+    /// The operator's token: reads any session's audit trail
+    /// (`GET /api/sessions/{id}/audit`), also after the session ended. Unset: only a
+    /// session's own workspace token reads its trail.
+    #[arg(
+        long = "admin-token",
+        env = "SANDPOOL_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
 }
 
 /// A comma-separated list of names, trimmed, empty entries dropped.

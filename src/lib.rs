@@ -55,6 +55,8 @@ pub enum RunError {
     Http(#[source] std::io::Error),
     #[error(transparent)]
     Auth(#[from] api::auth::AuthSetupError),
+    #[error("cannot open the audit trail: {0}")]
+    Audit(#[source] audit::AuditError),
 }
 
 /// Runs the service on `listener` until `shutdown` completes, then drains: the server stops
@@ -115,21 +117,44 @@ pub async fn run(
         max = config.pool.max,
         "sandpool serving"
     );
+    let audit_log = audit::open(
+        &config.audit,
+        config.session.redis_url.as_deref(),
+        &config.session.redis_prefix,
+    )
+    .await
+    .map_err(RunError::Audit)?;
+    tracing::info!(log = audit_log.kind(), "audit trail");
+    let audit_trail = api::audit::AuditTrail::new(audit_log);
     let socket_api = api::SocketApi::new(
         sessions.clone(),
         authenticator,
         Arc::new(agent::ShellAgent),
         config.api.clone(),
         config.mcp.clone(),
+        audit_trail.clone(),
         metrics.clone(),
     );
     let (socket_layer, io) = socket_api.layer();
+    let audit_route = api::audit::AuditRoute {
+        trail: audit_trail,
+        sessions: sessions.clone(),
+        admin_token: config.mcp.admin_token.clone(),
+    };
     // Cancelled at shutdown: the MCP endpoint's open streams end, so the server can drain.
     let mcp_streams = tokio_util::sync::CancellationToken::new();
     let app = api::router(api::AppState {
         sessions: sessions.clone(),
         metrics: Arc::clone(&metrics),
     })
+    .merge(
+        axum::Router::new()
+            .route(
+                "/api/sessions/{id}/audit",
+                axum::routing::get(api::audit::read_audit),
+            )
+            .with_state(audit_route),
+    )
     .merge(api::mcp::router(
         socket_api.clone(),
         &config.mcp,

@@ -347,6 +347,73 @@ async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
         &call(&a, "exec", json!({"command": "true"})).await
     ));
 
+    // Every origin is in the session's audit trail, chained; another session's token does
+    // not read it.
+    alice
+        .send(json!({"do": "exec", "command": "echo direct"}))
+        .await;
+    assert_eq!(alice.expect("ack", |_| true).await["exitCode"], 0);
+    alice
+        .send(json!({"do": "message", "text": "echo from chat"}))
+        .await;
+    alice.expect("ack", |a| a["ok"] == true).await;
+    let req = alice
+        .expect("tool:request", |r| r["origin"] == "chat")
+        .await;
+    alice.answer(req["callId"].as_str().unwrap(), true).await;
+    alice
+        .expect("tool:result", |r| {
+            r["exitCode"] == 0 && r["origin"].is_null()
+        })
+        .await;
+    let sid = alice.session["sessionId"].as_str().unwrap().to_string();
+    let audit_url = format!("http://{}/api/sessions/{sid}/audit", service.addr);
+    let trail = within(30, "the audit trail has every call", async {
+        loop {
+            let t: Value = reqwest::Client::new()
+                .get(&audit_url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let has = |origin: &str, decision: &str| {
+                t["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["origin"] == origin && e["decision"] == decision)
+            };
+            if has("socket", "approved") && has("chat", "approved") && has("mcp", "automatic") {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(trail["intact"], true, "{trail}");
+    let entries = trail["entries"].as_array().unwrap();
+    for decision in ["approved", "rejected", "timed_out", "automatic"] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["origin"] == "mcp" && e["decision"] == decision),
+            "an mcp call {decision} is in the trail"
+        );
+    }
+    let direct = entries.iter().find(|e| e["origin"] == "socket").unwrap();
+    assert_eq!(direct["stdoutBytes"], 7, "{direct}");
+    assert_eq!(direct["client"], Value::Null);
+    let foreign = reqwest::Client::new()
+        .get(&audit_url)
+        .bearer_auth(bob.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status().as_u16(), 401);
+
     // Ended: the token opens nothing any more.
     alice.send(json!({"do": "end"})).await;
     alice.expect("ack", |a| a["ok"] == true).await;

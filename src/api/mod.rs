@@ -2,6 +2,7 @@
 //! turns requests into calls on the pool and maps errors to stable codes; it holds no
 //! container state of its own.
 
+pub mod audit;
 pub mod auth;
 mod error;
 mod http;

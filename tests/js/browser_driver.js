@@ -5,6 +5,8 @@
 // Reads one JSON command per line on stdin:
 //   {"do":"approve","callId":ID,"approved":BOOL}   answers tool:approval (prints {"ev":"ack",...})
 //   {"do":"policy","approval":NAME}                 emits session:policy (prints the ack)
+//   {"do":"exec","command":CMD}                     the browser's own exec (prints the ack)
+//   {"do":"message","text":TEXT}                    a chat message (prints the ack)
 //   {"do":"leave"}                                  disconnects (the session waits for a resume)
 //   {"do":"resume","approval":NAME?}                reconnects with the resume token
 //   {"do":"end"}                                    session:end, then exits
@@ -47,6 +49,16 @@ lines.on("line", async (line) => {
     }
     case "policy": {
       const ack = await socket.timeout(10000).emitWithAck("session:policy", { approval: cmd.approval });
+      say("ack", ack);
+      break;
+    }
+    case "exec": {
+      const ack = await socket.timeout(30000).emitWithAck("exec", { command: cmd.command });
+      say("ack", ack);
+      break;
+    }
+    case "message": {
+      const ack = await socket.timeout(10000).emitWithAck("message", cmd.text);
       say("ack", ack);
       break;
     }

@@ -24,9 +24,12 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::Workspace;
+use crate::api::audit::CallRecord;
 use crate::api::socket::payload::new_call_id;
 use crate::api::socket::{MAX_PENDING_PER_SESSION, SocketApi};
 use crate::api::{ApiError, ErrorCode};
+use crate::audit::{Decision, Origin};
+use crate::session::now_ms;
 use crate::session::{CommandSpec, FileRequest, OutputChunk, PendingCall, PendingView};
 use sandpool_supervisor::layout::WORKSPACE;
 use sandpool_supervisor::proto::{Done, FileData, Listing, Written};
@@ -122,7 +125,10 @@ impl Tools {
         };
         let spec = match self.exec_spec(&args) {
             Ok(spec) => spec,
-            Err(e) => return Ok(failed(&e)),
+            Err(e) => {
+                self.audit(&call, "error", None, &[], &[]);
+                return Ok(failed(&e));
+            }
         };
         let progress = ctx.meta.get_progress_token().map(|token| {
             let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
@@ -157,9 +163,11 @@ impl Tools {
             Ok(out) => out,
             Err(e) => {
                 self.tell_result(&call, json!({"status": "error", "error": {"code": e.code.as_str(), "message": e.message}}));
+                self.audit(&call, "error", None, &[], &[]);
                 return Ok(failed(&e));
             }
         };
+        self.audit(&call, out.status, out.exit_code, &out.stdout, &out.stderr);
         self.tell_result(
             &call,
             json!({"status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms}),
@@ -341,10 +349,16 @@ impl Tools {
 #[tool_handler(router = self.tool_router, name = "sandpool")]
 impl ServerHandler for Tools {}
 
-/// An admitted call: its session and id.
+/// An admitted call: its session and id, and what its audit entry says of it.
 struct Call {
     session_id: String,
     call_id: String,
+    tool: &'static str,
+    args: Value,
+    client: Option<String>,
+    decision: Decision,
+    decided_by: String,
+    started_ms: i64,
 }
 
 impl Tools {
@@ -353,7 +367,7 @@ impl Tools {
     async fn admit(
         &self,
         ctx: &RequestContext<RoleServer>,
-        tool: &str,
+        tool: &'static str,
         shown: Value,
         read_only: bool,
     ) -> Result<Call, CallToolResult> {
@@ -369,19 +383,26 @@ impl Tools {
                 ))
             })?;
         let sessions = self.api.sessions();
-        let call = Call {
-            session_id: workspace.session_id,
-            call_id: new_call_id(),
-        };
-        let policy = sessions
-            .approval(&call.session_id)
-            .map_err(|e| failed(&ApiError::from(&e)))?;
-        if !policy.needs_approval(read_only) {
-            return Ok(call);
-        }
         let client = ctx
             .client_info()
             .map(|info| format!("{}/{}", info.name, info.version));
+        let policy = sessions
+            .approval(&workspace.session_id)
+            .map_err(|e| failed(&ApiError::from(&e)))?;
+        let mut call = Call {
+            session_id: workspace.session_id,
+            call_id: new_call_id(),
+            tool,
+            args: shown.clone(),
+            client: client.clone(),
+            decision: Decision::Automatic,
+            decided_by: format!("policy:{}", policy.as_str()),
+            started_ms: now_ms(),
+        };
+        if !policy.needs_approval(read_only) {
+            return Ok(call);
+        }
+        call.decided_by = "user".into();
         let (pending, decision) = PendingCall::agent(tool, shown.clone(), client.clone());
         if !sessions.propose(
             &call.session_id,
@@ -412,9 +433,15 @@ impl Tools {
             }
         };
         match answer {
-            Ok(Ok(true)) => Ok(call),
+            Ok(Ok(true)) => {
+                call.decision = Decision::Approved;
+                call.started_ms = now_ms();
+                Ok(call)
+            }
             Ok(Ok(false)) => {
+                call.decision = Decision::Rejected;
                 self.tell_result(&call, json!({"status": "rejected"}));
+                self.audit(&call, "rejected", None, &[], &[]);
                 Err(rejected("rejected by the user"))
             }
             Ok(Err(_)) => Err(rejected(
@@ -422,7 +449,10 @@ impl Tools {
             )),
             Err(_) => {
                 sessions.take_proposal(&call.session_id, &call.call_id);
+                call.decision = Decision::TimedOut;
+                call.decided_by = "timeout".into();
                 self.tell_result(&call, json!({"status": "timed_out"}));
+                self.audit(&call, "timed_out", None, &[], &[]);
                 Err(rejected(&format!(
                     "no approval within {} ms",
                     timeout.as_millis()
@@ -489,13 +519,40 @@ impl Tools {
         match result {
             Ok(content) => {
                 self.tell_result(call, json!({"status": "ok"}));
+                self.audit(call, "ok", None, &[], &[]);
                 Ok(CallToolResult::success(content))
             }
             Err(e) => {
                 self.tell_result(call, json!({"status": "error", "error": {"code": e.code.as_str(), "message": e.message}}));
+                self.audit(call, "error", None, &[], &[]);
                 Ok(failed(&e))
             }
         }
+    }
+
+    /// The call's entry in the session's audit trail.
+    fn audit(
+        &self,
+        call: &Call,
+        status: &str,
+        exit_code: Option<i32>,
+        stdout: &[u8],
+        stderr: &[u8],
+    ) {
+        self.api.audit(CallRecord {
+            session_id: &call.session_id,
+            origin: Origin::Mcp,
+            client: call.client.clone(),
+            tool: call.tool,
+            args: call.args.clone(),
+            decision: call.decision,
+            decided_by: &call.decided_by,
+            started_ms: call.started_ms,
+            status,
+            exit_code,
+            stdout,
+            stderr,
+        });
     }
 
     /// `tool:result` to the session's browser, for an agent's call.

@@ -2,6 +2,8 @@
 //! result or a typed error.
 
 use super::*;
+use crate::audit::{Decision, Origin};
+use crate::session::now_ms;
 
 // -------------------------------------------------------------------------------------------
 // Handlers, one per event.
@@ -142,6 +144,37 @@ pub(super) async fn on_connect(
     tracing::info!(session_id = %session.id, container_id = %session.container_id, acquire_ms, resumed, "session ready");
 }
 
+impl SocketApi {
+    /// The audit entry of a command the user ran or approved in the browser.
+    fn audit_run(
+        &self,
+        session_id: &str,
+        origin: Origin,
+        command: &str,
+        started_ms: i64,
+        result: &Result<RunOutcome, ApiError>,
+    ) {
+        let (status, exit_code, stdout, stderr) = match result {
+            Ok(out) => (out.status, out.exit_code, &out.stdout[..], &out.stderr[..]),
+            Err(_) => ("error", None, &[][..], &[][..]),
+        };
+        self.audit(CallRecord {
+            session_id,
+            origin,
+            client: None,
+            tool: "exec",
+            args: json!({"command": command}),
+            decision: Decision::Approved,
+            decided_by: "user",
+            started_ms,
+            status,
+            exit_code,
+            stdout,
+            stderr,
+        });
+    }
+}
+
 /// Ends a new session whose client left before it could hear of it.
 async fn end_unheard(api: &SocketApi, session_id: &str) {
     tracing::info!(%session_id, "the client left before it heard of its session: ending it");
@@ -203,10 +236,18 @@ pub(super) async fn exec_request(
     let req = parse_exec(data, &api.limits)?;
     let permit = api.permit(&conn)?;
     let call_id = new_call_id();
+    let started_ms = now_ms();
     let result = api
         .run(socket, &conn, &call_id, &req.command, req.timeout)
         .await;
     drop(permit);
+    api.audit_run(
+        &conn.session_id,
+        Origin::Socket,
+        &req.command,
+        started_ms,
+        &result,
+    );
     let out = result.map_err(|e| Refusal::for_call(e, &call_id))?;
     Ok(json!({
         "ok": true,
@@ -273,7 +314,11 @@ pub(super) async fn message_request(
 /// An accepted approval: the call is rejected, handed to the agent waiting for it, or it
 /// runs here under `permit`.
 pub(super) enum Approval {
-    Rejected(String),
+    Rejected {
+        session_id: String,
+        call_id: String,
+        command: String,
+    },
     Answered(String),
     Run {
         conn: Arc<Conn>,
@@ -296,8 +341,26 @@ pub(super) async fn on_approval(
             // socket from there.
             reply.send(&json!({"ok": true, "callId": call_id}));
         }
-        Ok(Approval::Rejected(call_id)) => {
+        Ok(Approval::Rejected {
+            session_id,
+            call_id,
+            command,
+        }) => {
             api.metrics.exec_done("rejected", Duration::ZERO);
+            api.audit(CallRecord {
+                session_id: &session_id,
+                origin: Origin::Chat,
+                client: None,
+                tool: "exec",
+                args: json!({"command": command}),
+                decision: Decision::Rejected,
+                decided_by: "user",
+                started_ms: now_ms(),
+                status: "rejected",
+                exit_code: None,
+                stdout: &[],
+                stderr: &[],
+            });
             reply.send(&json!({"ok": true, "callId": call_id}));
             let _ = socket.emit(
                 "tool:result",
@@ -313,8 +376,16 @@ pub(super) async fn on_approval(
             // Accepted: the ack now, the result as `tool:result` when the command ends.
             reply.send(&json!({"ok": true, "callId": call_id}));
             let timeout = api.limits.exec_default_timeout;
+            let started_ms = now_ms();
             let result = api.run(&socket, &conn, &call_id, &command, timeout).await;
             drop(permit);
+            api.audit_run(
+                &conn.session_id,
+                Origin::Chat,
+                &command,
+                started_ms,
+                &result,
+            );
             let body = match result {
                 Ok(out) => {
                     json!({"callId": call_id, "status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms})
@@ -349,13 +420,17 @@ pub(super) async fn approval_request(
     let Err(call) = call.decide(approved) else {
         return Ok(Approval::Answered(call_id));
     };
-    if !approved {
-        return Ok(Approval::Rejected(call_id));
-    }
     let Some(command) = call.command().map(String::from) else {
         let e = ApiError::new(ErrorCode::Internal, "the proposed call has no command");
         return Err(Refusal::for_call(e, &call_id));
     };
+    if !approved {
+        return Ok(Approval::Rejected {
+            session_id: conn.session_id.clone(),
+            call_id,
+            command,
+        });
+    }
     match api.permit(&conn) {
         Ok(permit) => Ok(Approval::Run {
             conn,

@@ -29,6 +29,7 @@ pub(crate) mod payload;
 use handlers::{on_connect, prepare};
 use payload::*;
 
+use super::audit::{AuditTrail, CallRecord};
 use super::auth::Authenticator;
 use super::error::{ApiError, ErrorCode};
 use crate::agent::{Agent, ToolProposal};
@@ -54,6 +55,8 @@ pub struct SocketApi {
     limits: ApiConfig,
     /// The approval policies allowed, their timeout, and the endpoint agents are told of.
     mcp: McpConfig,
+    /// One entry per tool call, from any origin.
+    audit: AuditTrail,
     metrics: Arc<Metrics>,
     /// Session id → the socket bound to it on this instance.
     bound: Mutex<HashMap<String, SocketRef>>,
@@ -147,6 +150,7 @@ impl SocketApi {
         agent: Arc<dyn Agent>,
         limits: ApiConfig,
         mcp: McpConfig,
+        audit: AuditTrail,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let setup_wait = sessions.acquire_timeout() + Duration::from_secs(10);
@@ -156,6 +160,7 @@ impl SocketApi {
             agent,
             limits,
             mcp,
+            audit,
             metrics,
             bound: Mutex::new(HashMap::new()),
             setup_wait,
@@ -499,6 +504,11 @@ impl SocketApi {
     /// How long an agent's call waits for the user's decision.
     pub(crate) fn approval_timeout(&self) -> Duration {
         self.mcp.approval_timeout
+    }
+
+    /// Appends one tool call to the session's audit trail (in the background).
+    pub(crate) fn audit(&self, call: CallRecord<'_>) {
+        self.audit.record(&self.sessions, call);
     }
 
     pub(crate) fn sessions(&self) -> &SessionManager {
