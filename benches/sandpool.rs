@@ -5,6 +5,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "figures/mcp.rs"]
+mod mcp_figures;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -554,6 +556,8 @@ async fn main() {
     let load_reference = artillery_run("loadtest/chat.yml", &redis_url, "220", "300", "1000").await;
     eprintln!("bench: twice its arrival rate (loadtest/chat-2x.yml)…");
     let load_double = artillery_run("loadtest/chat-2x.yml", &redis_url, "220", "300", "60").await;
+    eprintln!("bench: the MCP endpoint and the audit trail…");
+    let mcp = mcp_figures::mcp_figures(&redis_url).await;
 
     let cold_p50 = cold["p50"].as_f64().unwrap_or(f64::NAN);
     let warm20 = &handout["c20"];
@@ -588,6 +592,7 @@ async fn main() {
         "refill": refill,
         "churn": {"result": churn, "workers": churn_workers, "peak_pool_total": peak_total.load(std::sync::atomic::Ordering::Relaxed), "docker_calls": churn_calls, "docker_calls_per_session": churn_calls_per_session},
         "memory": memory,
+        "mcp": mcp,
     });
     let path = out_dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
@@ -676,6 +681,42 @@ async fn main() {
             "exec `true` acked, one session, {} sequential, {} failures",
             rtt_socket["rtt"]["n"], rtt_socket["failures"]
         ),
+    );
+    row(
+        "MCP exec true round trip, policy none",
+        fmt_lat(&mcp["mcp_exec_true_policy_none"]),
+        "rmcp client, sequential; target p50 ≤ 3 ms",
+    );
+    row(
+        "  Socket.IO exec true, same service",
+        fmt_lat(&mcp["socket_exec_true_same_service"]),
+        "official socket.io client, same run",
+    );
+    row(
+        "MCP exec true, approved by the browser",
+        fmt_lat(&mcp["mcp_exec_true_approved_by_browser"]),
+        "policy all, socket.io client approves at once; target p50 ≤ 6 ms",
+    );
+    row(
+        "audit append (Redis stream)",
+        fmt_lat(&mcp["audit_append_redis"]),
+        "one session's chain, sequential; target p99 ≤ 1 ms",
+    );
+    row(
+        "command round trip, audit on / off",
+        format!(
+            "{:.3}× (p50 {:.2} / {:.2} ms)",
+            mcp["audit_rtt"]["ratio_p50_on_over_off"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            mcp["audit_rtt"]["audit_on"]["p50"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            mcp["audit_rtt"]["audit_off"]["p50"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        ),
+        "socket.io exec true, two services alternated 3×200; target ≤ 1.05×",
     );
     row(
         "session cycle connect→exec→end",

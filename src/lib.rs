@@ -59,6 +59,25 @@ pub enum RunError {
     Audit(#[source] audit::AuditError),
 }
 
+/// Where other replicas reach this one: `SANDPOOL_INTERNAL_URL`, else `http://` and the
+/// listen address (this host's name in place of an unspecified address).
+fn internal_url(config: &Config, listener: &TcpListener) -> String {
+    if let Some(url) = &config.mcp.internal_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    if addr.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("http://{host}:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 /// Runs the service on `listener` until `shutdown` completes, then drains: the server stops
 /// accepting, and every container of this instance is removed within the shutdown timeout.
 pub async fn run(
@@ -87,6 +106,7 @@ pub async fn run(
     let settings = session::SessionSettings {
         max_sessions_per_subject: config.auth.max_sessions_per_subject,
         max_commands_per_session: config.api.max_inflight_per_session,
+        advertise: Some(internal_url(&config, &listener)),
         ..session::SessionSettings::from_config(&config.session)
     };
     // This process claims its instance id (two live processes never share one), and reads

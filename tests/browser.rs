@@ -266,3 +266,121 @@ async fn chat_page_passes_a_token_from_its_address_and_keeps_it_for_the_tab() {
     assert!(sigterm_and_wait(service).success());
     assert!(labeled_containers(&instance).is_empty());
 }
+
+/// The page is where an agent's MCP calls are approved: it shows the endpoint and token to
+/// hand to the agent, who is asking (the MCP client's name), a switch for approving reads
+/// automatically (the session's policy), and the session's audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_page_approves_an_agents_mcp_calls_and_shows_the_audit_trail() {
+    use common::mcp::{agent, call, is_error, result_text};
+    let instance = unique_instance("browser-mcp");
+    let _cleanup = Cleanup::new(&instance);
+    let service = spawn_service(&instance, &[("SANDPOOL_POOL_MIN_IDLE", "1")]).await;
+    let (client, _driver) = browser().await;
+    client
+        .goto(&format!("http://{}/", service.addr))
+        .await
+        .expect("page loads");
+    wait_session(&client).await;
+    client
+        .find(Locator::Css("#agent"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let url = wait_text(&client, "#mcp-url", "/mcp").await;
+    let token = wait_text(&client, "#mcp-token", "spw_").await;
+    let agent = agent(&url, &token).await.expect("the agent connects");
+
+    // `writes` (reads run at once): a write waits for the Approve button.
+    let pending = {
+        let p = agent.peer().clone();
+        tokio::spawn(async move {
+            call(
+                &p,
+                "write_file",
+                serde_json::json!({"path": "from-agent.txt", "content": "approved in chromium"}),
+            )
+            .await
+        })
+    };
+    let who = wait_text(&client, ".proposal .origin", "(MCP)").await;
+    assert_eq!(who, "sandpool-test-agent/1.2.3 (MCP)");
+    wait_text(&client, ".proposal code", "from-agent.txt").await;
+    client
+        .find(Locator::Css(".proposal button.approve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let written = pending.await.unwrap();
+    assert!(!is_error(&written), "{}", result_text(&written));
+    wait_text(&client, ".proposal .status", "ok").await;
+    let read = call(
+        &agent,
+        "read_file",
+        serde_json::json!({"path": "from-agent.txt"}),
+    )
+    .await;
+    assert_eq!(result_text(&read), "approved in chromium");
+
+    // The switch off: reads wait too.
+    client
+        .find(Locator::Css("#auto-reads"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let p = agent.peer().clone();
+        let handle =
+            tokio::spawn(
+                async move { call(&p, "list_dir", serde_json::json!({"path": "."})).await },
+            );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !handle.is_finished() {
+            break handle; // waiting for the user: the policy is `all` now
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads never started to wait"
+        );
+    };
+    let approve = within(30, "the read's approve button", async {
+        loop {
+            let buttons = client
+                .find_all(Locator::Css(".proposal button.approve"))
+                .await
+                .unwrap();
+            if buttons.len() == 2 {
+                return buttons.into_iter().nth(1).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    approve.click().await.unwrap();
+    assert!(result_text(&waiting.await.unwrap()).contains("from-agent.txt"));
+
+    // The audit trail: the agent's calls, who decided, the chain intact.
+    client
+        .find(Locator::Css("#audit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let state = wait_text(&client, "#audit-state", "entries, chain intact").await;
+    assert!(!state.starts_with("0 "), "{state}");
+    let list = wait_text(&client, "#audit-list", "list_dir").await;
+    assert!(
+        list.contains("sandpool-test-agent/1.2.3 write_file") && list.contains("approved by user"),
+        "{list}"
+    );
+    client.close().await.unwrap();
+    assert!(sigterm_and_wait(service).success());
+}

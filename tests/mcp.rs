@@ -8,139 +8,10 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::mcp::*;
 use common::*;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, Implementation};
-use rmcp::service::RunningService;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::model::CallToolRequestParams;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
-
-/// A browser's side of one session (the official socket.io client, driven line by line).
-struct Browser {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    events: mpsc::UnboundedReceiver<Value>,
-    /// Events heard but not yet asked for.
-    heard: Vec<Value>,
-    session: Value,
-}
-
-impl Browser {
-    async fn open(addr: std::net::SocketAddr, approval: Option<&str>) -> Browser {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/browser_driver.js");
-        let mut cmd = tokio::process::Command::new("node");
-        cmd.arg(script)
-            .arg(format!("http://{addr}"))
-            .env("NODE_PATH", node_modules())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        if let Some(a) = approval {
-            cmd.arg(a);
-        }
-        let mut child = cmd.spawn().expect("node runs");
-        let stdin = child.stdin.take().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let mut b = Browser {
-            child,
-            stdin,
-            events,
-            heard: Vec::new(),
-            session: Value::Null,
-        };
-        b.session = b.expect("session", |_| true).await;
-        b
-    }
-
-    /// The first event `ev` heard (before or from now on) whose data passes `pred`; it is
-    /// taken, the others are kept for later.
-    async fn expect(&mut self, ev: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let matches = |v: &Value| v["ev"] == ev && pred(&v["data"]);
-        if let Some(i) = self.heard.iter().position(matches) {
-            return self.heard.remove(i)["data"].clone();
-        }
-        within(30, &format!("browser hears {ev}"), async {
-            loop {
-                let v = self.events.recv().await.expect("browser driver runs");
-                if matches(&v) {
-                    return v["data"].clone();
-                }
-                self.heard.push(v);
-            }
-        })
-        .await
-    }
-
-    async fn send(&mut self, cmd: Value) {
-        self.stdin
-            .write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    async fn answer(&mut self, call_id: &str, approved: bool) -> Value {
-        self.send(json!({"do": "approve", "callId": call_id, "approved": approved}))
-            .await;
-        self.expect("ack", |_| true).await
-    }
-
-    fn token(&self) -> String {
-        self.session["mcp"]["token"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-type Agent = RunningService<RoleClient, ClientConfig>;
-
-async fn agent(url: &str, token: &str) -> Result<Agent, String> {
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(url.to_string())
-            .auth_header(token.to_string()),
-    );
-    let info = ClientConfig::new(
-        Default::default(),
-        Implementation::new("sandpool-test-agent", "1.2.3"),
-    );
-    info.serve(transport).await.map_err(|e| e.to_string())
-}
-
-async fn call(agent: &rmcp::Peer<RoleClient>, tool: &str, args: Value) -> CallToolResult {
-    let params = CallToolRequestParams::new(tool.to_string())
-        .with_arguments(args.as_object().unwrap().clone());
-    within(60, &format!("tool {tool}"), agent.call_tool(params))
-        .await
-        .expect("the call is answered")
-}
-
-fn text(result: &CallToolResult) -> String {
-    result
-        .content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn is_error(result: &CallToolResult) -> bool {
-    result.is_error == Some(true)
-}
 
 /// A raw POST to `/mcp`: its status (for the token checks, before any MCP).
 async fn post_status(url: &str, auth: Option<&str>) -> u16 {
@@ -160,8 +31,15 @@ async fn post_status(url: &str, auth: Option<&str>) -> u16 {
 async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
     let instance = unique_instance("mcp");
     let _cleanup = Cleanup::new(&instance);
-    let service = spawn_service(&instance, &[("SANDPOOL_APPROVAL_TIMEOUT_MS", "3000")]).await;
-    let mut alice = Browser::open(service.addr, None).await;
+    let service = spawn_service(
+        &instance,
+        &[
+            ("SANDPOOL_APPROVAL_TIMEOUT_MS", "3000"),
+            ("SANDPOOL_ADMIN_TOKEN", "operator-secret-for-the-test"),
+        ],
+    )
+    .await;
+    let mut alice = Browser::open(&format!("http://{}", service.addr), None).await;
     let url = alice.session["mcp"]["url"].as_str().unwrap().to_string();
     assert_eq!(url, format!("http://{}/mcp", service.addr));
     assert_eq!(alice.session["approval"], "writes", "the default policy");
@@ -217,20 +95,24 @@ async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
     let ack = alice.answer(req["callId"].as_str().unwrap(), true).await;
     assert_eq!(ack["ok"], true, "{ack}");
     let written = pending.await.unwrap();
-    assert!(!is_error(&written), "{}", text(&written));
+    assert!(!is_error(&written), "{}", result_text(&written));
 
     // Reads run at once under `writes`, and see what the write did (parents created).
     let read = call(&a, "read_file", json!({"path": "notes/a.txt"})).await;
-    assert_eq!(text(&read), "from the agent\n");
+    assert_eq!(result_text(&read), "from the agent\n");
     let b64 = call(
         &a,
         "read_file",
         json!({"path": "/workspace/notes/a.txt", "encoding": "base64"}),
     )
     .await;
-    assert_eq!(text(&b64), "ZnJvbSB0aGUgYWdlbnQK");
+    assert_eq!(result_text(&b64), "ZnJvbSB0aGUgYWdlbnQK");
     let listing = call(&a, "list_dir", json!({"path": "notes"})).await;
-    assert!(text(&listing).contains("\"a.txt\""), "{}", text(&listing));
+    assert!(
+        result_text(&listing).contains("\"a.txt\""),
+        "{}",
+        result_text(&listing)
+    );
 
     // A rejected exec is an error result the agent can read; nothing ran.
     let pending = {
@@ -244,12 +126,12 @@ async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
     alice.answer(req["callId"].as_str().unwrap(), false).await;
     let rejected = pending.await.unwrap();
     assert!(is_error(&rejected));
-    assert_eq!(text(&rejected), "rejected by the user");
+    assert_eq!(result_text(&rejected), "rejected by the user");
 
     // Unanswered: `no approval within …`, and the request is withdrawn.
     let timed_out = call(&a, "exec", json!({"command": "true"})).await;
     assert!(is_error(&timed_out));
-    assert_eq!(text(&timed_out), "no approval within 3000 ms");
+    assert_eq!(result_text(&timed_out), "no approval within 3000 ms");
     let req = alice.expect("tool:request", |r| r["tool"] == "exec").await;
     let late = alice.answer(req["callId"].as_str().unwrap(), true).await;
     assert_eq!(late["error"]["code"], "not_found", "{late}");
@@ -266,8 +148,8 @@ async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
         json!({"command": "ls /workspace; echo \"$GREETING\" from $(pwd); test ! -e /workspace/rejected", "cwd": "notes", "env": {"GREETING": "hello"}}),
     )
     .await;
-    assert!(!is_error(&ran), "{}", text(&ran));
-    let out: Value = serde_json::from_str(&text(&ran)).unwrap();
+    assert!(!is_error(&ran), "{}", result_text(&ran));
+    let out: Value = serde_json::from_str(&result_text(&ran)).unwrap();
     assert_eq!(out["exitCode"], 0, "{out}");
     assert_eq!(out["stdout"], "notes\nhello from /workspace/notes\n");
     alice
@@ -280,6 +162,25 @@ async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
             r["origin"] == "mcp" && r["exitCode"] == 0
         })
         .await;
+
+    // An agent that asks for progress hears the output as it comes.
+    let (listener, mut progress) = progress_agent(&url, &token).await;
+    let streamed = call(
+        &listener,
+        "exec",
+        json!({"command": "echo first; sleep 0.3; echo second"}),
+    )
+    .await;
+    assert!(!is_error(&streamed), "{}", result_text(&streamed));
+    let heard = within(10, "progress messages", async {
+        let mut heard = String::new();
+        while !heard.contains("second") {
+            heard.push_str(&progress.recv().await.unwrap());
+        }
+        heard
+    })
+    .await;
+    assert_eq!(heard, "first\nsecond\n", "progress messages");
 
     // Paths stay in /workspace.
     for (tool, args) in [
@@ -295,25 +196,29 @@ async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
     ] {
         let r = call(&a, tool, args.clone()).await;
         assert!(is_error(&r), "{tool} {args} must be refused");
-        assert!(text(&r).contains("outside /workspace"), "{}", text(&r));
+        assert!(
+            result_text(&r).contains("outside /workspace"),
+            "{}",
+            result_text(&r)
+        );
     }
     let missing = call(&a, "read_file", json!({"path": "nothing-here"})).await;
-    assert!(is_error(&missing), "{}", text(&missing));
+    assert!(is_error(&missing), "{}", result_text(&missing));
 
     // Another session's token reaches only its own sandbox.
-    let bob = Browser::open(service.addr, Some("none")).await;
+    let bob = Browser::open(&format!("http://{}", service.addr), Some("none")).await;
     assert_eq!(bob.session["approval"], "none");
     let b = agent(&url, &bob.token()).await.unwrap();
     let theirs = call(&b, "read_file", json!({"path": "notes/a.txt"})).await;
     assert!(
         is_error(&theirs),
         "bob reads alice's file: {}",
-        text(&theirs)
+        result_text(&theirs)
     );
     let deleted = call(&a, "delete_path", json!({"path": "notes"})).await;
-    assert!(!is_error(&deleted), "{}", text(&deleted));
+    assert!(!is_error(&deleted), "{}", result_text(&deleted));
     let gone = call(&a, "list_dir", json!({"path": ""})).await;
-    assert_eq!(text(&gone), r#"{"entries":[]}"#);
+    assert_eq!(result_text(&gone), r#"{"entries":[]}"#);
 
     // `all`: reads wait too; a request made while the browser is away is replayed when it
     // comes back.
@@ -431,6 +336,25 @@ async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
         after.is_err(),
         "a call with an ended session's token must fail: {after:?}"
     );
+    // The trail outlives the session: the operator still reads it, the ended token not.
+    let ended = reqwest::Client::new()
+        .get(&audit_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status().as_u16(), 401);
+    let kept: Value = reqwest::Client::new()
+        .get(&audit_url)
+        .bearer_auth("operator-secret-for-the-test")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kept["intact"], true, "{kept}");
+    assert!(kept["entries"].as_array().unwrap().len() >= entries.len());
     drop(bob);
     let _ = sigterm_and_wait(service);
 }
@@ -441,7 +365,7 @@ async fn the_operator_decides_which_policies_a_browser_may_choose() {
     let _cleanup = Cleanup::new(&instance);
     let service = spawn_service(&instance, &[("SANDPOOL_APPROVAL_POLICIES", "all")]).await;
     // The default is the strictest allowed; a forbidden choice is refused, typed.
-    let mut browser = Browser::open(service.addr, Some("none")).await;
+    let mut browser = Browser::open(&format!("http://{}", service.addr), Some("none")).await;
     assert_eq!(browser.session["approval"], "all");
     let refused = browser.expect("sandpool:error", |_| true).await;
     assert_eq!(refused["code"], "unauthorized", "{refused}");
@@ -479,7 +403,7 @@ async fn the_readmes_python_agent_runs_a_command_the_browser_approves() {
     let instance = unique_instance("mcpy");
     let _cleanup = Cleanup::new(&instance);
     let service = spawn_service(&instance, &[]).await;
-    let mut browser = Browser::open(service.addr, None).await;
+    let mut browser = Browser::open(&format!("http://{}", service.addr), None).await;
     let url = browser.session["mcp"]["url"].as_str().unwrap().to_string();
     let agent = tokio::process::Command::new(venv_python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/agent.py"))
@@ -511,4 +435,60 @@ async fn the_readmes_python_agent_runs_a_command_the_browser_approves() {
         "{result}"
     );
     let _ = sigterm_and_wait(service);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_replica_answers_and_the_sessions_replica_runs_the_call() {
+    let redis = RedisServer::start().await;
+    let (ia, ib) = (unique_instance("mcpa"), unique_instance("mcpb"));
+    let (_ca, _cb) = (Cleanup::new(&ia), Cleanup::new(&ib));
+    let env = [
+        ("SANDPOOL_REDIS_URL", redis.url()),
+        ("SANDPOOL_POOL_MIN_IDLE", "2".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = spawn_service(&ia, &env).await;
+    let b = spawn_service(&ib, &env).await;
+    let mut browser = Browser::open(&format!("http://{}", a.addr), None).await;
+    assert_eq!(browser.session["instance"], ia.as_str());
+    let token = browser.token();
+    // The agent talks to the replica that does not hold the session.
+    let url_b = format!("http://{}/mcp", b.addr);
+    assert_eq!(post_status(&url_b, Some("Bearer spw_x_0")).await, 401);
+    let agent_b = agent(&url_b, &token)
+        .await
+        .expect("the agent connects through B");
+    let pending = {
+        let p = agent_b.peer().clone();
+        tokio::spawn(async move {
+            call(
+                &p,
+                "write_file",
+                json!({"path": "via-b.txt", "content": "written through B"}),
+            )
+            .await
+        })
+    };
+    // The approval is asked on the user's socket, which stays on A.
+    let req = browser
+        .expect("tool:request", |r| r["tool"] == "write_file")
+        .await;
+    browser.answer(req["callId"].as_str().unwrap(), true).await;
+    assert!(!is_error(&pending.await.unwrap()));
+    let read = call(&agent_b, "read_file", json!({"path": "via-b.txt"})).await;
+    assert_eq!(result_text(&read), "written through B");
+    // It is the session's sandbox on A: the browser's own exec sees the file.
+    browser
+        .send(json!({"do": "exec", "command": "cat /workspace/via-b.txt"}))
+        .await;
+    let ack = browser.expect("ack", |_| true).await;
+    assert_eq!(ack["stdout"], "written through B", "{ack}");
+    assert_eq!(
+        browser.session["instance"],
+        ia.as_str(),
+        "the session did not move"
+    );
+    drop(browser);
+    let _ = sigterm_and_wait(b);
+    let _ = sigterm_and_wait(a);
 }

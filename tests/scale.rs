@@ -141,6 +141,32 @@ async fn the_scaled_out_stack_spreads_moves_fails_over_and_cleans_up() {
         .collect();
     assert_eq!(replicas.len(), 3, "{replicas:?}");
 
+    // An agent through nginx: its requests land on any replica (nginx spreads requests
+    // without a `sid`), and each is forwarded to the replica that holds the session. The
+    // rmcp client's own MCP session (initialize, then every call) lives on that replica, so
+    // without forwarding most of these would fail.
+    {
+        let mut browser = mcp::Browser::open(&url, Some("none")).await;
+        let owner = browser.session["instance"].as_str().unwrap().to_string();
+        let agent = mcp::agent(&format!("{url}/mcp"), &browser.token())
+            .await
+            .expect("the agent connects through nginx");
+        for i in 0..6 {
+            let r = mcp::call(
+                &agent,
+                "exec",
+                serde_json::json!({"command": format!("echo {i} >> calls; hostname")}),
+            )
+            .await;
+            assert!(!mcp::is_error(&r), "call {i}: {}", mcp::result_text(&r));
+        }
+        let calls = mcp::call(&agent, "read_file", serde_json::json!({"path": "calls"})).await;
+        assert_eq!(mcp::result_text(&calls), "0\n1\n2\n3\n4\n5\n");
+        assert_eq!(browser.session["instance"], owner.as_str());
+        browser.send(serde_json::json!({"do": "end"})).await;
+        browser.expect("ack", |_| true).await;
+    }
+
     // The socket.io scenario: spread, live hand-over, kill and failover.
     let result = {
         let url = url.clone();

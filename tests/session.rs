@@ -807,11 +807,16 @@ async fn redis_restarted_under_a_running_manager() {
         .await
         .expect("open works again");
     m.janitor_pass().await.expect("janitor works again");
-    assert!(
-        m.resume(&opened.session.id, &opened.resume_token)
-            .await
-            .is_ok()
-    );
+    // Down longer than the self-fence, the manager stopped serving its sessions; it serves
+    // again once its next heartbeat lands (within a third of the TTL).
+    within(30, "serving again after the outage", async {
+        while m.check_serving().is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let resumed = m.resume(&opened.session.id, &opened.resume_token).await;
+    assert!(resumed.is_ok(), "{resumed:?}");
     for id in [&opened.session.id, &again.session.id] {
         assert!(m.end(id, EndReason::Ended).await.unwrap());
     }

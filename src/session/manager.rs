@@ -46,6 +46,9 @@ pub struct SessionSettings {
     pub max_detached: usize,
     /// Commands one session may run at once, over all its connections.
     pub max_commands_per_session: usize,
+    /// Where other replicas reach this one (its internal URL), written with the heartbeat;
+    /// `None`: not written (a single replica).
+    pub advertise: Option<String>,
 }
 
 impl SessionSettings {
@@ -61,6 +64,7 @@ impl SessionSettings {
             max_sessions_per_subject: 0,
             max_detached: config.max_detached,
             max_commands_per_session: 5,
+            advertise: None,
         }
     }
 }

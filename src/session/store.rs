@@ -229,6 +229,14 @@ pub trait Liveness: Send + Sync {
 
     /// Withdraws `instance`'s heartbeat if `incarnation` holds it (it is shutting down).
     async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError>;
+
+    /// Records where other replicas reach `instance` (its internal URL), for `ttl`: renewed
+    /// with the heartbeat, gone when it lapses.
+    async fn set_address(&self, instance: &str, url: &str, ttl: Duration)
+    -> Result<(), StoreError>;
+
+    /// Where other replicas reach `instance`, if it said so within its ttl.
+    async fn address(&self, instance: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// Messages between instances about sessions changing hands (see `handover.rs`).

@@ -159,22 +159,30 @@ impl SessionManager {
                 self.inner.settings.heartbeat_ttl,
             )
             .await?;
-        let mut serving = self
-            .inner
-            .serving_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if !renewed {
-            if serving.is_some() {
-                tracing::error!(
-                    instance = %self.inner.instance,
-                    "another process holds this instance id's heartbeat: this one stops serving its sessions"
-                );
+        {
+            let mut serving = self
+                .inner
+                .serving_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !renewed {
+                if serving.is_some() {
+                    tracing::error!(
+                        instance = %self.inner.instance,
+                        "another process holds this instance id's heartbeat: this one stops serving its sessions"
+                    );
+                }
+                *serving = None;
+            } else if let Some(until) = serving.as_mut() {
+                // From when the renewal was sent: the TTL ran from no earlier than that.
+                *until = (*until).max(started + self.inner.settings.self_fence_after());
             }
-            *serving = None;
-        } else if let Some(until) = serving.as_mut() {
-            // From when the renewal was sent: the TTL ran from no earlier than that.
-            *until = (*until).max(started + self.inner.settings.self_fence_after());
+        }
+        if renewed && let Some(url) = &self.inner.settings.advertise {
+            self.inner
+                .store
+                .set_address(&self.inner.instance, url, self.inner.settings.heartbeat_ttl)
+                .await?;
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 //! tiny HTTP client and a fault-injecting Docker endpoint.
 #![allow(dead_code)]
 
+pub mod mcp;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

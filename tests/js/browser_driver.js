@@ -7,6 +7,7 @@
 //   {"do":"policy","approval":NAME}                 emits session:policy (prints the ack)
 //   {"do":"exec","command":CMD}                     the browser's own exec (prints the ack)
 //   {"do":"message","text":TEXT}                    a chat message (prints the ack)
+//   {"do":"autoapprove"}                           approves every tool:request from now on
 //   {"do":"leave"}                                  disconnects (the session waits for a resume)
 //   {"do":"resume","approval":NAME?}                reconnects with the resume token
 //   {"do":"end"}                                    session:end, then exits
@@ -62,6 +63,11 @@ lines.on("line", async (line) => {
       say("ack", ack);
       break;
     }
+    case "autoapprove":
+      // From now on every tool:request is approved as soon as it is heard.
+      socket.on("tool:request", (req) => socket.emit("tool:approval", { callId: req.callId, approved: true }));
+      say("autoapprove", true);
+      break;
     case "leave":
       socket.disconnect();
       break;

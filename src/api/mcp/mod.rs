@@ -11,6 +11,7 @@
 mod tools;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -53,13 +54,32 @@ pub fn router(api: Arc<SocketApi>, config: &McpConfig, cancel: CancellationToken
         Arc::new(LocalSessionManager::default()),
         server,
     );
+    let door = Arc::new(Door {
+        api,
+        peers: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default(),
+    });
     Router::new()
         .nest_service("/mcp", service)
-        .layer(middleware::from_fn_with_state(api, authorize))
+        .layer(middleware::from_fn_with_state(door, authorize))
 }
 
-/// The token check: the bearer token must open a live session that this replica serves.
-async fn authorize(State(api): State<Arc<SocketApi>>, mut req: Request, next: Next) -> Response {
+/// What the token check needs: the sessions, and a client to forward a call to the replica
+/// that serves its session.
+struct Door {
+    api: Arc<SocketApi>,
+    peers: reqwest::Client,
+}
+
+/// Marks a request forwarded by a replica (its instance id): it is not forwarded again.
+const FORWARDED: &str = "x-sandpool-forwarded-by";
+
+/// The token check: the bearer token must open a live session. This replica serves it, or
+/// the request is forwarded to the replica that does (the user's socket stays where it is).
+async fn authorize(State(door): State<Arc<Door>>, mut req: Request, next: Next) -> Response {
+    let api = &door.api;
     let Some(token) = bearer(req.headers()) else {
         return refuse(
             StatusCode::UNAUTHORIZED,
@@ -87,6 +107,9 @@ async fn authorize(State(api): State<Arc<SocketApi>>, mut req: Request, next: Ne
         }
     };
     if sessions.local_session(&session.id).is_none() {
+        if session.owner != sessions.instance() && !req.headers().contains_key(FORWARDED) {
+            return forward(&door, &session.owner, req).await;
+        }
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -97,6 +120,77 @@ async fn authorize(State(api): State<Arc<SocketApi>>, mut req: Request, next: Ne
         session_id: session.id,
     });
     next.run(req).await
+}
+
+/// Passes the request on to `owner` (its address from the store), and its answer back as it
+/// streams. The owner checks the token again; the original `Host` goes along for its host
+/// check.
+async fn forward(door: &Door, owner: &str, req: Request) -> Response {
+    let sessions = door.api.sessions();
+    let base = match sessions.store().address(owner).await {
+        Ok(Some(base)) => base,
+        Ok(None) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the replica that serves the session cannot be reached; try again",
+            );
+        }
+        Err(error) => {
+            tracing::warn!(%error, "looking up a replica's address failed");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the session store cannot be reached; try again",
+            );
+        }
+    };
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/mcp");
+    let mut headers = parts.headers.clone();
+    headers.remove(header::CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+    if let Ok(me) = header::HeaderValue::from_str(sessions.instance()) {
+        headers.insert(FORWARDED, me);
+    }
+    let sent = door
+        .peers
+        .request(parts.method.clone(), format!("{base}{path}"))
+        .headers(headers)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        .send()
+        .await;
+    let answer = match sent {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::warn!(%owner, %error, "forwarding an MCP call to its session's replica failed");
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "unavailable",
+                "the replica that serves the session did not answer; try again",
+            );
+        }
+    };
+    let mut response = Response::builder().status(answer.status().as_u16());
+    for (name, value) in answer.headers() {
+        if name != header::CONNECTION && name != header::TRANSFER_ENCODING {
+            response = response.header(name, value);
+        }
+    }
+    response
+        .body(axum::body::Body::from_stream(answer.bytes_stream()))
+        .unwrap_or_else(|_| {
+            refuse(
+                StatusCode::BAD_GATEWAY,
+                "unavailable",
+                "the replica's answer could not be passed on",
+            )
+        })
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

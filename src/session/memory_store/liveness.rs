@@ -56,6 +56,23 @@ impl Liveness for MemoryStore {
         Ok(self.lock().alive(instance))
     }
 
+    async fn set_address(
+        &self,
+        instance: &str,
+        url: &str,
+        _ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .addresses
+            .insert(instance.to_string(), url.to_string());
+        Ok(())
+    }
+
+    /// One process shares this store: only its own address is ever here.
+    async fn address(&self, instance: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().addresses.get(instance).cloned())
+    }
+
     async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError> {
         let mut mem = self.lock();
         if mem

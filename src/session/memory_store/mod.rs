@@ -29,6 +29,8 @@ struct Mem {
     owners: HashMap<String, HashSet<String>>,
     /// Until when, and held by which incarnation.
     heartbeats: HashMap<String, (Instant, String)>,
+    /// Instance → its internal URL (`Liveness::set_address`).
+    addresses: HashMap<String, String>,
     /// Who serves each sandbox (see `SessionStore::sandbox_owner`).
     sandboxes: HashMap<String, SandboxOwner>,
     /// The last epoch handed out.

@@ -62,6 +62,33 @@ impl Liveness for RedisStore {
             .map_err(unavailable)
     }
 
+    async fn set_address(
+        &self,
+        instance: &str,
+        url: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(
+                format!("{}addr:{instance}", self.prefix),
+                url,
+                ttl.as_millis() as u64,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn address(&self, instance: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .clone()
+            .get(format!("{}addr:{instance}", self.prefix))
+            .await
+            .map_err(unavailable)
+    }
+
     async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError> {
         let _: i64 = self
             .scripts
