@@ -8,6 +8,7 @@
 //! checked (a missing, forged or ended token gets 401 before `rmcp` sees the request), or
 //! log a token.
 
+mod calls;
 mod tools;
 
 use std::sync::Arc;
