@@ -272,7 +272,7 @@ async fn chat_page_passes_a_token_from_its_address_and_keeps_it_for_the_tab() {
 /// automatically (the session's policy), and the session's audit trail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_page_approves_an_agents_mcp_calls_and_shows_the_audit_trail() {
-    use common::mcp::{agent, call, is_error, result_text};
+    use common::mcp::{agent, audit_trail, call, is_error, result_text};
     let instance = unique_instance("browser-mcp");
     let _cleanup = Cleanup::new(&instance);
     let service = spawn_service(&instance, &[("SANDPOOL_POOL_MIN_IDLE", "1")]).await;
@@ -334,22 +334,18 @@ async fn chat_page_approves_an_agents_mcp_calls_and_shows_the_audit_trail() {
         .click()
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let waiting = loop {
+    // The switch is the session's policy once its ack is back; a read then asks first.
+    client
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("body[data-approval=\"all\"]"))
+        .await
+        .expect("the policy is all");
+    let waiting = {
         let p = agent.peer().clone();
-        let handle =
-            tokio::spawn(
-                async move { call(&p, "list_dir", serde_json::json!({"path": "."})).await },
-            );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if !handle.is_finished() {
-            break handle; // waiting for the user: the policy is `all` now
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "reads never started to wait"
-        );
+        tokio::spawn(async move { call(&p, "list_dir", serde_json::json!({"path": "."})).await })
     };
+    // The second proposal on the page is the read's.
     let approve = within(30, "the read's approve button", async {
         loop {
             let buttons = client
@@ -365,6 +361,23 @@ async fn chat_page_approves_an_agents_mcp_calls_and_shows_the_audit_trail() {
     .await;
     approve.click().await.unwrap();
     assert!(result_text(&waiting.await.unwrap()).contains("from-agent.txt"));
+    // The read's entry is appended in the background; the panel is read once it is there.
+    within(30, "the read in the audit trail", async {
+        loop {
+            let sid = token.split('_').nth(1).unwrap();
+            let trail = audit_trail(&format!("http://{}", service.addr), sid, &token).await;
+            if trail["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["tool"] == "list_dir" && e["decision"] == "approved")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
 
     // The audit trail: the agent's calls, who decided, the chain intact.
     client

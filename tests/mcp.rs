@@ -275,15 +275,7 @@ async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
     let audit_url = format!("http://{}/api/sessions/{sid}/audit", service.addr);
     let trail = within(30, "the audit trail has every call", async {
         loop {
-            let t: Value = reqwest::Client::new()
-                .get(&audit_url)
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let t = audit_trail(&format!("http://{}", service.addr), &sid, &token).await;
             let has = |origin: &str, decision: &str| {
                 t["entries"]
                     .as_array()

@@ -170,13 +170,11 @@ impl SessionManager {
         session_id: &str,
         policy: ApprovalPolicy,
     ) -> Result<(), SessionError> {
-        {
-            let mut local = self.local();
-            let l = local
-                .get_mut(session_id)
-                .ok_or_else(|| SessionError::NotHere(session_id.to_string()))?;
-            l.session.approval = policy;
+        if self.local_session(session_id).is_none() {
+            return Err(SessionError::NotHere(session_id.to_string()));
         }
+        // The store first: a policy this replica applies is one a peer resuming the session
+        // would read.
         if !self
             .store()
             .set_approval(session_id, self.instance(), policy)
@@ -184,6 +182,11 @@ impl SessionManager {
         {
             return Err(SessionError::NotHere(session_id.to_string()));
         }
+        let mut local = self.local();
+        let l = local
+            .get_mut(session_id)
+            .ok_or_else(|| SessionError::NotHere(session_id.to_string()))?;
+        l.session.approval = policy;
         Ok(())
     }
 

@@ -184,3 +184,16 @@ pub async fn progress_agent(
         rx,
     )
 }
+
+/// `GET /api/sessions/{id}/audit` of the service at `base` (`http://host:port`), with `token`.
+pub async fn audit_trail(base: &str, session_id: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/api/sessions/{session_id}/audit"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

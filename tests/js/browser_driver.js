@@ -40,8 +40,9 @@ function connect(auth) {
 socket = connect(approval ? { approval } : {});
 
 const lines = readline.createInterface({ input: process.stdin });
-lines.on("line", async (line) => {
-  const cmd = JSON.parse(line);
+lines.on("line", (line) => run(JSON.parse(line)).catch((e) => say("ack", { ok: false, error: { code: "driver", message: String(e && e.message) } })));
+
+async function run(cmd) {
   switch (cmd.do) {
     case "approve": {
       const ack = await socket.timeout(10000).emitWithAck("tool:approval", { callId: cmd.callId, approved: cmd.approved });
@@ -83,5 +84,5 @@ lines.on("line", async (line) => {
       process.exit(0);
     }
   }
-});
+}
 lines.on("close", () => process.exit(0));

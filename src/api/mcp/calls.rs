@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use rmcp::model::{CallToolResult, ContentBlock};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer};
@@ -31,12 +33,40 @@ pub(super) struct Call {
     decision: Decision,
     decided_by: String,
     started_ms: i64,
+    /// Its place among the session's running commands, held until the call is answered.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Tools {
     /// The call's session (from the token check), and the user's approval when the
     /// session's policy holds the call: `Err` is the tool result to answer with instead.
     pub(super) async fn admit(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        tool: &'static str,
+        shown: Value,
+        read_only: bool,
+    ) -> Result<Call, CallToolResult> {
+        let mut call = self.approve(ctx, tool, shown, read_only).await?;
+        // A place among the session's running commands, as for the browser's own: an agent
+        // cannot run more at once than the session may.
+        let sessions = self.api.sessions();
+        match sessions.command_permit(&call.session_id) {
+            Ok(permit) => call.permit = Some(permit),
+            Err(e) => {
+                let e = ApiError::from(&e);
+                self.tell_result(&call, json!({"status": "error", "error": {"code": e.code.as_str(), "message": e.message}}));
+                self.audit(&call, "error", None, &[], &[]);
+                return Err(failed(&e));
+            }
+        }
+        // An agent at work keeps its session alive, as a browser's commands do.
+        sessions.touch(&call.session_id).await;
+        Ok(call)
+    }
+
+    /// The call's session and the decision on it: at once by the policy, or the user's.
+    async fn approve(
         &self,
         ctx: &RequestContext<RoleServer>,
         tool: &'static str,
@@ -70,6 +100,7 @@ impl Tools {
             decision: Decision::Automatic,
             decided_by: format!("policy:{}", policy.as_str()),
             started_ms: now_ms(),
+            permit: None,
         };
         if !policy.needs_approval(read_only) {
             return Ok(call);
@@ -97,30 +128,47 @@ impl Tools {
         // No browser attached: the call waits for one (its resume replays the request).
         self.api.request_approval(&call.session_id, &view);
         let timeout = self.api.approval_timeout();
+        let mut decision = decision;
         let answer = tokio::select! {
-            answer = tokio::time::timeout(timeout, decision) => answer,
+            answer = tokio::time::timeout(timeout, &mut decision) => match answer {
+                Ok(Ok(approved)) => Some(approved),
+                Ok(Err(_)) => {
+                    // Dropped unanswered: the session ended or moved. Said to the browser
+                    // (if one is still bound here) and in the trail.
+                    call.decision = Decision::TimedOut;
+                    call.decided_by = "session ended".into();
+                    self.tell_result(&call, json!({"status": "cancelled"}));
+                    self.audit(&call, "cancelled", None, &[], &[]);
+                    return Err(rejected("the session ended or moved before the user answered"));
+                }
+                // Timed out, unless the user's answer landed just now (the call was taken).
+                Err(_) => match sessions.take_proposal(&call.session_id, &call.call_id) {
+                    Some(_) => None,
+                    None => decision.try_recv().ok(),
+                },
+            },
             () = ctx.ct.cancelled() => {
                 sessions.take_proposal(&call.session_id, &call.call_id);
+                call.decision = Decision::Rejected;
+                call.decided_by = "client".into();
+                self.tell_result(&call, json!({"status": "cancelled"}));
+                self.audit(&call, "cancelled", None, &[], &[]);
                 return Err(rejected("the call was cancelled by its client"));
             }
         };
         match answer {
-            Ok(Ok(true)) => {
+            Some(true) => {
                 call.decision = Decision::Approved;
                 call.started_ms = now_ms();
                 Ok(call)
             }
-            Ok(Ok(false)) => {
+            Some(false) => {
                 call.decision = Decision::Rejected;
                 self.tell_result(&call, json!({"status": "rejected"}));
                 self.audit(&call, "rejected", None, &[], &[]);
                 Err(rejected("rejected by the user"))
             }
-            Ok(Err(_)) => Err(rejected(
-                "the session ended or moved before the user answered",
-            )),
-            Err(_) => {
-                sessions.take_proposal(&call.session_id, &call.call_id);
+            None => {
                 call.decision = Decision::TimedOut;
                 call.decided_by = "timeout".into();
                 self.tell_result(&call, json!({"status": "timed_out"}));

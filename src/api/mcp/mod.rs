@@ -57,7 +57,10 @@ pub fn router(api: Arc<SocketApi>, config: &McpConfig, cancel: CancellationToken
     );
     let door = Arc::new(Door {
         api,
+        // Straight to the peer: never through a proxy from the environment (the call
+        // carries its token).
         peers: reqwest::Client::builder()
+            .no_proxy()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default(),
@@ -153,9 +156,14 @@ async fn forward(door: &Door, owner: &str, req: Request) -> Response {
         .map(|p| p.as_str())
         .unwrap_or("/mcp");
     let mut headers = parts.headers.clone();
-    headers.remove(header::CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
+    strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = header::HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
     if let Ok(me) = header::HeaderValue::from_str(sessions.instance()) {
         headers.insert(FORWARDED, me);
     }
@@ -177,11 +185,11 @@ async fn forward(door: &Door, owner: &str, req: Request) -> Response {
             );
         }
     };
+    let mut returned = answer.headers().clone();
+    strip_hop_by_hop(&mut returned);
     let mut response = Response::builder().status(answer.status().as_u16());
-    for (name, value) in answer.headers() {
-        if name != header::CONNECTION && name != header::TRANSFER_ENCODING {
-            response = response.header(name, value);
-        }
+    for (name, value) in &returned {
+        response = response.header(name, value);
     }
     response
         .body(axum::body::Body::from_stream(answer.bytes_stream()))
@@ -192,6 +200,34 @@ async fn forward(door: &Door, owner: &str, req: Request) -> Response {
                 "the replica's answer could not be passed on",
             )
         })
+}
+
+/// Removes the headers that concern one connection only (RFC 9110 §7.6.1): those named in
+/// `Connection`, and the standard ones.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()))
+        .filter(|n| !n.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

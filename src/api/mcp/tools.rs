@@ -30,6 +30,9 @@ use crate::session::{FileRequest, OutputChunk};
 use sandpool_supervisor::layout::WORKSPACE;
 use sandpool_supervisor::proto::{Done, FileData, Listing, Written};
 
+/// How much of a `write_file`'s content the user sees when asked to approve it.
+const PREVIEW_CHARS: usize = 2000;
+
 /// Largest file `read_file` returns, in bytes.
 const READ_MAX_BYTES: u64 = 4 << 20;
 
@@ -115,16 +118,14 @@ impl Tools {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let shown = json!({"command": args.command, "timeoutMs": args.timeout_ms, "cwd": args.cwd, "env": args.env});
+        // Checked before the user is asked: an approval of a call that cannot run is wasted.
+        let spec = match self.exec_spec(&args) {
+            Ok(spec) => spec,
+            Err(e) => return Ok(failed(&e)),
+        };
         let call = match self.admit(&ctx, "exec", shown, false).await {
             Ok(call) => call,
             Err(refusal) => return Ok(refusal),
-        };
-        let spec = match self.exec_spec(&args) {
-            Ok(spec) => spec,
-            Err(e) => {
-                self.audit(&call, "error", None, &[], &[]);
-                return Ok(failed(&e));
-            }
         };
         let progress = ctx.meta.get_progress_token().map(|token| {
             let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
@@ -240,7 +241,15 @@ impl Tools {
         Parameters(args): Parameters<WriteArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let shown = json!({"path": args.path, "bytes": args.content.len(), "encoding": encoding_name(args.encoding)});
+        // What the user approves: the path, and the content (its start, for a long one).
+        let preview: String = args.content.chars().take(PREVIEW_CHARS).collect();
+        let shown = json!({
+            "path": args.path,
+            "bytes": args.content.len(),
+            "encoding": encoding_name(args.encoding),
+            "content": preview,
+            "contentCut": args.content.chars().count() > PREVIEW_CHARS,
+        });
         let call = match self.admit(&ctx, "write_file", shown, false).await {
             Ok(call) => call,
             Err(refusal) => return Ok(refusal),

@@ -391,8 +391,13 @@ impl SocketApi {
                             socket = None;
                         }
                     }
+                    // An agent that stops reading its progress stops being fed, at the latest
+                    // at the command's deadline.
                     if let Some(a) = &also
-                        && a.send(chunk).await.is_err()
+                        && !matches!(
+                            tokio::time::timeout_at(deadline, a.send(chunk)).await,
+                            Ok(Ok(()))
+                        )
                     {
                         also = None;
                     }
