@@ -10,6 +10,8 @@
 //! - [`metrics`]: every metric name.
 //! - [`audit`]: the append-only, hash-chained trail of tool calls per session (Redis
 //!   streams, JSON-lines files or memory); a leaf that `api` uses.
+//! - [`redis_conn`]: the one Redis connect (timeouts, reconnects) the store and the audit
+//!   trail share.
 //!
 //! Dependencies point one way: `api → session → pool → docker`.
 
@@ -20,6 +22,7 @@ pub mod config;
 pub mod docker;
 pub mod metrics;
 pub mod pool;
+pub mod redis_conn;
 pub mod session;
 
 use std::future::Future;

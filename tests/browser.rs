@@ -98,6 +98,24 @@ async fn browser() -> (fantoccini::Client, Driver) {
 }
 
 /// Waits until the page shows a session (its sandbox pill is filled in).
+/// The second element matching `css`, once there are two (the second proposal's button).
+async fn second_button(
+    client: &fantoccini::Client,
+    css: &str,
+    what: &str,
+) -> fantoccini::elements::Element {
+    within(30, what, async {
+        loop {
+            let buttons = client.find_all(Locator::Css(css)).await.unwrap();
+            if buttons.len() == 2 {
+                return buttons.into_iter().nth(1).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
 async fn wait_session(client: &fantoccini::Client) {
     within(30, "session shown", async {
         loop {
@@ -162,19 +180,7 @@ async fn chat_page_sends_approves_and_streams_output_in_chromium() {
         "touch /workspace/should-not-exist",
     )
     .await;
-    let reject = within(30, "second proposal", async {
-        loop {
-            let buttons = client
-                .find_all(Locator::Css(".proposal button.reject"))
-                .await
-                .unwrap();
-            if buttons.len() == 2 {
-                return buttons.into_iter().nth(1).unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let reject = second_button(&client, ".proposal button.reject", "second proposal").await;
     reject.click().await.unwrap();
     wait_text(&client, "#chat", "rejected").await;
 
@@ -346,18 +352,11 @@ async fn chat_page_approves_an_agents_mcp_calls_and_shows_the_audit_trail() {
         tokio::spawn(async move { call(&p, "list_dir", serde_json::json!({"path": "."})).await })
     };
     // The second proposal on the page is the read's.
-    let approve = within(30, "the read's approve button", async {
-        loop {
-            let buttons = client
-                .find_all(Locator::Css(".proposal button.approve"))
-                .await
-                .unwrap();
-            if buttons.len() == 2 {
-                return buttons.into_iter().nth(1).unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    let approve = second_button(
+        &client,
+        ".proposal button.approve",
+        "the read's approve button",
+    )
     .await;
     approve.click().await.unwrap();
     assert!(result_text(&waiting.await.unwrap()).contains("from-agent.txt"));

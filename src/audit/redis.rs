@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 
@@ -117,19 +117,9 @@ impl RedisAuditLog {
     /// and live `retention` after their last append. Fails when Redis does not answer within
     /// a few seconds; lost connections are re-established in the background afterwards.
     pub async fn connect(url: &str, prefix: &str, retention: Duration) -> Result<Self, AuditError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| AuditError::Unavailable(format!("no answer from {url}")))?
-        .map_err(unavailable)?;
+        let (_, conn) = crate::redis_conn::connect(url)
+            .await
+            .map_err(AuditError::Unavailable)?;
         Ok(Self {
             conn,
             prefix: prefix.to_string(),

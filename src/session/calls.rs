@@ -99,6 +99,17 @@ impl PendingCall {
         }
     }
 
+    /// What the browser is shown of this call, waiting as `call_id`.
+    pub fn view(&self, call_id: &str) -> PendingView {
+        PendingView {
+            call_id: call_id.to_string(),
+            tool: self.tool.clone(),
+            args: self.args.clone(),
+            origin: self.origin,
+            client: self.client.clone(),
+        }
+    }
+
     /// The command of a proposed `exec` call.
     pub fn command(&self) -> Option<&str> {
         self.args.get("command").and_then(Value::as_str)
@@ -140,17 +151,7 @@ impl SessionManager {
         let Some(l) = local.get(session_id) else {
             return Vec::new();
         };
-        let mut views: Vec<PendingView> = l
-            .proposals
-            .iter()
-            .map(|(id, c)| PendingView {
-                call_id: id.clone(),
-                tool: c.tool.clone(),
-                args: c.args.clone(),
-                origin: c.origin,
-                client: c.client.clone(),
-            })
-            .collect();
+        let mut views: Vec<PendingView> = l.proposals.iter().map(|(id, c)| c.view(id)).collect();
         views.sort_by(|a, b| a.call_id.cmp(&b.call_id));
         views
     }

@@ -20,7 +20,7 @@ use crate::api::socket::MAX_PENDING_PER_SESSION;
 use crate::api::socket::payload::new_call_id;
 use crate::api::{ApiError, ErrorCode};
 use crate::audit::{Decision, Origin};
-use crate::session::{CommandSpec, FileRequest, PendingCall, PendingView, now_ms};
+use crate::session::{CommandSpec, FileRequest, PendingCall, now_ms};
 use sandpool_supervisor::layout::WORKSPACE;
 
 /// An admitted call: its session and id, and what its audit entry says of it.
@@ -55,7 +55,7 @@ impl Tools {
             Ok(permit) => call.permit = Some(permit),
             Err(e) => {
                 let e = ApiError::from(&e);
-                self.tell_result(&call, json!({"status": "error", "error": {"code": e.code.as_str(), "message": e.message}}));
+                self.tell_result(&call, error_result(&e));
                 self.audit(&call, "error", None, &[], &[]);
                 return Err(failed(&e));
             }
@@ -106,7 +106,8 @@ impl Tools {
             return Ok(call);
         }
         call.decided_by = "user".into();
-        let (pending, decision) = PendingCall::agent(tool, shown.clone(), client.clone());
+        let (pending, decision) = PendingCall::agent(tool, shown, client);
+        let view = pending.view(&call.call_id);
         if !sessions.propose(
             &call.session_id,
             &call.call_id,
@@ -118,13 +119,6 @@ impl Tools {
                 format!("at most {MAX_PENDING_PER_SESSION} tool calls may wait for approval"),
             )));
         }
-        let view = PendingView {
-            call_id: call.call_id.clone(),
-            tool: tool.to_string(),
-            args: shown,
-            origin: crate::session::CallOrigin::Mcp,
-            client,
-        };
         // No browser attached: the call waits for one (its resume replays the request).
         self.api.request_approval(&call.session_id, &view);
         let timeout = self.api.approval_timeout();
@@ -243,7 +237,7 @@ impl Tools {
                 Ok(CallToolResult::success(content))
             }
             Err(e) => {
-                self.tell_result(call, json!({"status": "error", "error": {"code": e.code.as_str(), "message": e.message}}));
+                self.tell_result(call, error_result(&e));
                 self.audit(call, "error", None, &[], &[]);
                 Ok(failed(&e))
             }
@@ -326,6 +320,11 @@ pub(super) fn encoding_name(e: Encoding) -> &'static str {
         Encoding::Utf8 => "utf8",
         Encoding::Base64 => "base64",
     }
+}
+
+/// `tool:result`'s body for a call that failed with `e`.
+pub(super) fn error_result(e: &ApiError) -> Value {
+    json!({"status": "error", "error": {"code": e.code.as_str(), "message": e.message}})
 }
 
 /// A refused or failed call, as a tool result the agent can read.

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::calls::{confine, encoding_name, failed};
+use super::calls::{confine, encoding_name, error_result, failed};
 use crate::api::ApiError;
 use crate::api::socket::SocketApi;
 use crate::session::{FileRequest, OutputChunk};
@@ -159,7 +159,7 @@ impl Tools {
         let out = match result {
             Ok(out) => out,
             Err(e) => {
-                self.tell_result(&call, json!({"status": "error", "error": {"code": e.code.as_str(), "message": e.message}}));
+                self.tell_result(&call, error_result(&e));
                 self.audit(&call, "error", None, &[], &[]);
                 return Ok(failed(&e));
             }
@@ -169,15 +169,7 @@ impl Tools {
             &call,
             json!({"status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms}),
         );
-        let body = json!({
-            "status": out.status,
-            "exitCode": out.exit_code,
-            "stdout": String::from_utf8_lossy(&out.stdout),
-            "stderr": String::from_utf8_lossy(&out.stderr),
-            "truncated": out.truncated,
-            "durationMs": out.duration_ms,
-        });
-        let text = ContentBlock::text(body.to_string());
+        let text = ContentBlock::text(out.to_json().to_string());
         Ok(if out.status == "timeout" {
             CallToolResult::error(vec![text])
         } else {

@@ -249,16 +249,10 @@ pub(super) async fn exec_request(
         &result,
     );
     let out = result.map_err(|e| Refusal::for_call(e, &call_id))?;
-    Ok(json!({
-        "ok": true,
-        "callId": call_id,
-        "status": out.status,
-        "exitCode": out.exit_code,
-        "stdout": String::from_utf8_lossy(&out.stdout),
-        "stderr": String::from_utf8_lossy(&out.stderr),
-        "truncated": out.truncated,
-        "durationMs": out.duration_ms,
-    }))
+    let mut body = out.to_json();
+    body["ok"] = json!(true);
+    body["callId"] = json!(call_id);
+    Ok(body)
 }
 
 pub(super) async fn on_message(
@@ -288,13 +282,7 @@ pub(super) async fn message_request(
         let ToolProposal::Exec { command } = &proposal;
         let call_id = new_call_id();
         let call = PendingCall::proposal(proposal.tool(), json!({"command": command}));
-        let view = PendingView {
-            call_id: call_id.clone(),
-            tool: call.tool.clone(),
-            args: call.args.clone(),
-            origin: call.origin,
-            client: None,
-        };
+        let view = call.view(&call_id);
         if !api
             .sessions
             .propose(&conn.session_id, &call_id, call, MAX_PENDING_PER_SESSION)

@@ -76,6 +76,21 @@ pub(crate) struct RunOutcome {
     pub(crate) duration_ms: u64,
 }
 
+impl RunOutcome {
+    /// The command's status, exit code, output (lossy UTF-8) and timing, as the `exec` ack
+    /// and an MCP `exec` result both carry them.
+    pub(crate) fn to_json(&self) -> Value {
+        serde_json::json!({
+            "status": self.status,
+            "exitCode": self.exit_code,
+            "stdout": String::from_utf8_lossy(&self.stdout),
+            "stderr": String::from_utf8_lossy(&self.stderr),
+            "truncated": self.truncated,
+            "durationMs": self.duration_ms,
+        })
+    }
+}
+
 /// A validated `exec` request.
 pub(super) struct ExecRequest {
     pub(super) command: String,

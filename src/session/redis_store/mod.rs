@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::sync::mpsc;
 
@@ -99,19 +99,9 @@ impl RedisStore {
     /// Connects to `url` (`redis://host:port[/db]`). Fails when Redis does not answer within
     /// a few seconds; once connected, lost connections are re-established in the background.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable(format!("no answer from {url}")))?
-        .map_err(unavailable)?;
+        let (client, conn) = crate::redis_conn::connect(url)
+            .await
+            .map_err(StoreError::Unavailable)?;
         Ok(Self {
             client,
             bus_up: Arc::new(AtomicBool::new(false)),
