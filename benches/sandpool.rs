@@ -243,6 +243,7 @@ async fn command_rtt(runs: usize) -> Value {
         cwd: "/workspace".into(),
         timeout: Duration::from_secs(30),
         output_limit: 1024,
+        retain_output: true,
         stdin: Vec::new(),
     };
     let mut supervisor = Vec::new();

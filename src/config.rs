@@ -422,6 +422,19 @@ pub struct ApiConfig {
     /// rest is dropped and `truncated` set. Default 1048576.
     #[arg(long = "exec-output-limit-bytes", env = "SANDPOOL_EXEC_OUTPUT_LIMIT_BYTES", default_value = "1048576", value_parser = parse_positive("SANDPOOL_EXEC_OUTPUT_LIMIT_BYTES"))]
     pub exec_output_limit_bytes: usize,
+
+    /// Largest file the file API (`fs:*` events, `/api/sessions/{id}/files`) writes or reads,
+    /// in bytes; a bigger one gets `too_large`. The sandbox's tmpfs size bounds the whole
+    /// workspace. Default 268435456 (256 MiB).
+    #[arg(long = "file-max-bytes", env = "SANDPOOL_FILE_MAX_BYTES", default_value = "268435456", value_parser = parse_positive("SANDPOOL_FILE_MAX_BYTES"))]
+    pub file_max_bytes: usize,
+
+    /// Bound of each sandbox's checkpoint store (the workspace recorded before every tool
+    /// call that can change it, for undo), in bytes; the oldest checkpoints are dropped first.
+    /// It is the supervisor's memory, charged to the sandbox's memory limit. 0 turns
+    /// checkpoints (and undo) off. Default 134217728 (128 MiB).
+    #[arg(long = "checkpoint-bytes", env = "SANDPOOL_CHECKPOINT_BYTES", default_value = "134217728", value_parser = parse_env::<u64>("SANDPOOL_CHECKPOINT_BYTES"))]
+    pub checkpoint_bytes: u64,
 }
 
 /// The agents' door (the MCP endpoint at `/mcp`) and the approval of tool calls.

@@ -183,6 +183,7 @@ pub async fn run(
         &config.mcp,
         mcp_streams.clone(),
     ))
+    .merge(api::files::router(socket_api.clone()))
     .layer(socket_layer);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {

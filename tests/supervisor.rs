@@ -104,6 +104,8 @@ fn write_req(path: &str) -> FileRequest {
         path: path.into(),
         append: false,
         mode: None,
+        offset: None,
+        parents: false,
     }
 }
 
@@ -739,6 +741,8 @@ async fn file_operations_act_as_the_tenant() {
         path: "/workspace/a.txt".into(),
         append: true,
         mode: None,
+        offset: None,
+        parents: false,
     };
     file::<Written>(&pool, &id, append, b" world")
         .await
@@ -759,6 +763,8 @@ async fn file_operations_act_as_the_tenant() {
         path: "rel.bin".into(),
         append: false,
         mode: Some(0o600),
+        offset: None,
+        parents: false,
     };
     let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     file::<Written>(&pool, &id, rel, &binary)

@@ -18,6 +18,13 @@ pub enum ErrorCode {
     /// The session's sandbox is held under a newer lease (another replica or connection took
     /// it over): this connection must resume to go on.
     Fenced,
+    /// A file over `SANDPOOL_FILE_MAX_BYTES`, a body over its limit, a workspace too big to
+    /// checkpoint.
+    TooLarge,
+    /// The sandbox's workspace is full (ENOSPC).
+    NoSpace,
+    /// The operation conflicts with one in progress (an undo while a command runs).
+    Busy,
     Internal,
 }
 
@@ -35,12 +42,15 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::Fenced => "fenced",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
         ErrorCode::TooManyRequests,
@@ -52,6 +62,9 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::TooManySessions,
         ErrorCode::Fenced,
+        ErrorCode::TooLarge,
+        ErrorCode::NoSpace,
+        ErrorCode::Busy,
         ErrorCode::Internal,
     ];
 }
@@ -104,7 +117,9 @@ impl From<&PoolError> for ApiError {
             Failure::Refused { code, message } => {
                 let code = match code.as_str() {
                     "not_found" => ErrorCode::NotFound,
-                    "busy" => ErrorCode::TooManyRequests,
+                    "busy" => ErrorCode::Busy,
+                    "too_large" => ErrorCode::TooLarge,
+                    "no_space" => ErrorCode::NoSpace,
                     _ => ErrorCode::BadRequest,
                 };
                 Self::new(code, message)

@@ -4,7 +4,9 @@
 
 pub mod audit;
 pub mod auth;
+mod door;
 mod error;
+pub mod files;
 mod http;
 pub mod mcp;
 pub(crate) mod socket;

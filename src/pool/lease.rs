@@ -23,6 +23,9 @@ use crate::docker::BreakerState;
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one file operation may take before the supervisor counts as hung.
 const FILE_OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a checkpoint request may take: well past the supervisor's own walk deadline
+/// (10 s) and a restore of a whole bounded store.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ContainerPool {
     /// Leases a container. From a warm pool this takes one lock and makes no Docker call.
@@ -282,6 +285,27 @@ impl ContainerPool {
             .await;
         drop(in_flight);
         self.fenced(lease, result)
+    }
+
+    /// A checkpoint request (take, changes, restore) in a leased container, done by its
+    /// supervisor: the reply's head as `T`.
+    pub async fn checkpoint<T: serde::de::DeserializeOwned>(
+        &self,
+        lease: &LeaseRef,
+        request: &sandpool_supervisor::proto::CheckpointRequest,
+    ) -> Result<T, PoolError> {
+        let (link, in_flight) = self.leased_link(lease)?;
+        let result = link
+            .call(
+                lease.fence,
+                sandpool_supervisor::proto::Kind::Checkpoint,
+                request,
+                Vec::new(),
+                CHECKPOINT_TIMEOUT,
+            )
+            .await;
+        drop(in_flight);
+        self.fenced(lease, result).map(|(head, _)| head)
     }
 
     /// Runs only the verification pass of the scrub in a container (idle or leased), as a

@@ -85,6 +85,9 @@ pub struct CommandSpec {
     pub timeout: Duration,
     /// Bytes kept per stream; the rest is read and dropped, and `truncated` is set.
     pub output_limit: usize,
+    /// Whether the output is kept in the `CommandOutput` too (else only streamed to the
+    /// sink: an archive of the whole workspace must not sit in the host's memory).
+    pub retain_output: bool,
     /// Written to the command's stdin, which is then closed.
     pub stdin: Vec<u8>,
 }
@@ -101,6 +104,7 @@ impl CommandSpec {
             cwd: WORKSPACE.into(),
             timeout,
             output_limit,
+            retain_output: true,
             stdin: Vec::new(),
         }
     }
@@ -352,10 +356,22 @@ impl SupervisorLink {
     }
 
     /// Sends `frame` under `generation` (the fencing token of the lease it is for).
+    /// A frame over the supervisor's limit is refused here (`too_large`): sent, it would make
+    /// the supervisor take the link for broken and exit, killing the sandbox.
     fn send(&self, frame: &Frame, generation: u64) -> Result<(), SupervisorError> {
-        let frame = frame.clone().fenced(generation, self.holder);
+        let bytes = frame.clone().fenced(generation, self.holder).encode();
+        if bytes.len() > 4 + proto::MAX_FRAME_BYTES {
+            return Err(SupervisorError::Failed {
+                code: "too_large".into(),
+                message: format!(
+                    "a request of {} bytes is over the supervisor's frame limit of {} bytes",
+                    bytes.len(),
+                    proto::MAX_FRAME_BYTES
+                ),
+            });
+        }
         self.outbox
-            .send(frame.encode())
+            .send(bytes)
             .map_err(|_| self.shared.lost_error())
     }
 
@@ -484,6 +500,8 @@ impl SupervisorLink {
         let sink_deadline = started + spec.timeout;
         let mut sink = sink;
         let mut out = CommandOutput::default();
+        // Bytes taken of each stream so far (stdout, stderr), kept or only streamed.
+        let mut taken = [0usize; 2];
         loop {
             let frame = self.next_frame(&mut rx, deadline, budget).await?;
             let stream = match frame.kind {
@@ -507,16 +525,19 @@ impl SupervisorLink {
                 other => return Err(self.protocol_error(&format!("unexpected {other:?} frame"))),
             };
             let len = frame.body.len();
-            let kept = match stream {
-                OutputStream::Stdout => &mut out.stdout,
-                OutputStream::Stderr => &mut out.stderr,
+            let (kept, taken) = match stream {
+                OutputStream::Stdout => (&mut out.stdout, &mut taken[0]),
+                OutputStream::Stderr => (&mut out.stderr, &mut taken[1]),
             };
-            let take = spec.output_limit.saturating_sub(kept.len()).min(len);
+            let take = spec.output_limit.saturating_sub(*taken).min(len);
+            *taken += take;
             if take < len {
                 out.truncated = true;
             }
             if take > 0 {
-                kept.extend_from_slice(&frame.body[..take]);
+                if spec.retain_output {
+                    kept.extend_from_slice(&frame.body[..take]);
+                }
                 if let Some(to) = sink {
                     let chunk = OutputChunk {
                         stream,

@@ -16,6 +16,7 @@ mod redis_scripts;
 mod redis_store;
 mod store;
 mod upkeep;
+mod workspace;
 
 /// The parts of the pool that are part of the session interface: the layers above speak of
 /// these through this module, never to the pool itself.
@@ -36,6 +37,7 @@ pub use store::{
     Bus, BusMessage, Cutoffs, InstanceClaim, Liveness, Ownership, Quotas, SandboxOwner,
     SessionRecords, SessionStore, StoreError, Sweep,
 };
+pub use workspace::{Changes, Restored, Taken};
 
 /// A claim older than this belongs to a claimer that died before it finished; the session
 /// may be claimed again (ms).

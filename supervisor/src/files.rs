@@ -36,6 +36,129 @@ pub fn resolve(path: &str) -> String {
     }
 }
 
+/// Where a request's path leads.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// An absolute path, resolved as the tenant would (a symlink may lead anywhere the
+    /// tenant may go, never onto procfs).
+    Anywhere(String),
+    /// A relative path, confined to the workspace: its components (no `.` or `..`, `""` for
+    /// the workspace itself), resolved with `RESOLVE_BENEATH`, so that no symlink leads out.
+    Beneath(String),
+}
+
+fn target(path: &str) -> Result<Target, (&'static str, String)> {
+    if path.contains('\0') {
+        return Err(("bad_request", "path holds a NUL byte".into()));
+    }
+    if path.starts_with('/') {
+        return Ok(Target::Anywhere(path.to_string()));
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err((
+                    "bad_request",
+                    format!("{path:?}: '..' is not allowed in a workspace path"),
+                ));
+            }
+            part => parts.push(part),
+        }
+    }
+    Ok(Target::Beneath(parts.join("/")))
+}
+
+/// A path the std functions take for `name` in the directory `dir` is open on: through the
+/// descriptor's `/proc/self/fd` entry, which names that very directory.
+fn in_dir(dir: &OwnedFd, name: &str) -> String {
+    format!("/proc/self/fd/{}/{name}", dir.as_raw_fd())
+}
+
+/// The workspace, for lookups beneath it.
+fn workspace() -> Result<OwnedFd, (&'static str, String)> {
+    sys::openat2(&c_path(WORKSPACE)?, libc::O_PATH | libc::O_DIRECTORY, 0, 0).map_err(fail)
+}
+
+/// Opens `rel` beneath the workspace (`""`: the workspace itself).
+fn open_beneath(
+    rel: &str,
+    flags: libc::c_int,
+    mode: u32,
+) -> Result<OwnedFd, (&'static str, String)> {
+    let ws = workspace()?;
+    let path = if rel.is_empty() { "." } else { rel };
+    // openat2 refuses any flag but O_DIRECTORY and O_NOFOLLOW beside O_PATH.
+    let flags = if flags & libc::O_PATH != 0 {
+        flags
+    } else {
+        flags | libc::O_NOCTTY
+    };
+    sys::openat2_in(
+        &ws,
+        &c_path(path)?,
+        flags,
+        mode,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    )
+    .map_err(|e| beneath_error(rel, e))
+}
+
+fn beneath_error(rel: &str, e: io::Error) -> (&'static str, String) {
+    match e.raw_os_error() {
+        Some(libc::EXDEV) | Some(libc::ELOOP) => {
+            ("bad_request", format!("{rel:?} leads out of the workspace"))
+        }
+        _ => (sys::io_code(&e), format!("{rel}: {e}")),
+    }
+}
+
+/// The directory holding `rel` (opened beneath the workspace) and its last component.
+fn parent_of(rel: &str) -> Result<(OwnedFd, String), (&'static str, String)> {
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((parent, name)) => (parent, name),
+        None if rel.is_empty() => {
+            return Err((
+                "bad_request",
+                "the workspace itself cannot be changed so".into(),
+            ));
+        }
+        None => ("", rel),
+    };
+    let dir = open_beneath(parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    Ok((dir, name.to_string()))
+}
+
+/// Creates every missing directory of `rel` (beneath the workspace), like `mkdir -p`.
+fn mkdir_beneath(rel: &str) -> Result<(), (&'static str, String)> {
+    let mut done = String::new();
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        let next = if done.is_empty() {
+            part.to_string()
+        } else {
+            format!("{done}/{part}")
+        };
+        match open_beneath(&next, libc::O_PATH | libc::O_DIRECTORY, 0) {
+            Ok(_) => {}
+            Err(("not_found", _)) => {
+                let parent = open_beneath(&done, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                match fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(in_dir(&parent, part))
+                {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        done = next;
+    }
+    Ok(())
+}
+
 /// Handles a `File` frame: parses it on the main thread, runs it on its own thread.
 pub fn start(ctx: &Arc<Ctx>, frame: Frame) {
     let id = frame.id;
@@ -57,6 +180,11 @@ pub fn start(ctx: &Arc<Ctx>, frame: Frame) {
 
 fn fail(e: io::Error) -> (&'static str, String) {
     (sys::io_code(&e), e.to_string())
+}
+
+/// As [`fail`], saying which path.
+fn named(path: &str, e: io::Error) -> (&'static str, String) {
+    (sys::io_code(&e), format!("{path}: {e}"))
 }
 
 fn c_path(path: &str) -> Result<CString, (&'static str, String)> {
@@ -92,18 +220,103 @@ fn run(req: FileRequest, body: Vec<u8>) -> Reply {
             path,
             offset,
             max_bytes,
-        } => read(&resolve(&path), offset, max_bytes),
-        FileRequest::Write { path, append, mode } => {
-            write(&resolve(&path), append, mode.unwrap_or(0o644), &body)
+        } => {
+            let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+            let fd = match target(&path)? {
+                Target::Anywhere(path) => open(&path, flags, 0)?,
+                Target::Beneath(rel) => open_beneath(&rel, flags, 0)?,
+            };
+            read(File::from(fd), &path, offset, max_bytes)
         }
-        FileRequest::List { path } => list(&resolve(&path)),
+        FileRequest::Write {
+            path,
+            append,
+            mode,
+            offset,
+            parents,
+        } => {
+            let mut flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK;
+            if offset.is_none() {
+                flags |= if append {
+                    libc::O_APPEND
+                } else {
+                    libc::O_TRUNC
+                };
+            }
+            let mode = mode.unwrap_or(0o644);
+            let fd = match target(&path)? {
+                Target::Anywhere(abs) => {
+                    if parents && let Some((dir, _)) = abs.rsplit_once('/') {
+                        fs::DirBuilder::new()
+                            .recursive(true)
+                            .mode(0o755)
+                            .create(if dir.is_empty() { "/" } else { dir })
+                            .map_err(fail)?;
+                    }
+                    open(&abs, flags, mode)?
+                }
+                Target::Beneath(rel) => {
+                    if parents && let Some((dir, _)) = rel.rsplit_once('/') {
+                        mkdir_beneath(dir)?;
+                    }
+                    open_beneath(&rel, flags, mode)?
+                }
+            };
+            write(File::from(fd), &path, offset, &body)
+        }
+        FileRequest::Rename { from, to } => {
+            let (from, to) = match (target(&from)?, target(&to)?) {
+                (Target::Beneath(from), Target::Beneath(to)) => (from, to),
+                (Target::Anywhere(from), Target::Anywhere(to)) => {
+                    fs::rename(from, to).map_err(fail)?;
+                    return ok(&Done {}, Vec::new());
+                }
+                _ => {
+                    return Err((
+                        "bad_request",
+                        "both paths of a rename are relative, or both absolute".into(),
+                    ));
+                }
+            };
+            let (from_dir, from_name) = parent_of(&from)?;
+            let (to_dir, to_name) = parent_of(&to)?;
+            fs::rename(in_dir(&from_dir, &from_name), in_dir(&to_dir, &to_name)).map_err(fail)?;
+            ok(&Done {}, Vec::new())
+        }
+        FileRequest::List { path } => {
+            let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+            let dir = match target(&path)? {
+                Target::Anywhere(path) => open(&path, flags, 0)?,
+                Target::Beneath(rel) => open_beneath(&rel, flags, 0)?,
+            };
+            list(dir)
+        }
         FileRequest::Stat { path } => {
-            let meta = fs::symlink_metadata(resolve(&path)).map_err(fail)?;
+            let meta = match target(&path)? {
+                Target::Anywhere(abs) => fs::symlink_metadata(abs).map_err(fail)?,
+                Target::Beneath(rel) if rel.is_empty() => {
+                    File::from(open_beneath("", libc::O_RDONLY | libc::O_DIRECTORY, 0)?)
+                        .metadata()
+                        .map_err(fail)?
+                }
+                Target::Beneath(rel) => {
+                    let (dir, name) = parent_of(&rel)?;
+                    fs::symlink_metadata(in_dir(&dir, &name)).map_err(|e| named(&rel, e))?
+                }
+            };
             ok(&stat(path, &meta), Vec::new())
         }
         FileRequest::Delete { path, recursive } => {
-            let path = resolve(&path);
-            let meta = fs::symlink_metadata(&path).map_err(fail)?;
+            let shown = path.clone();
+            let (_dir, path) = match target(&path)? {
+                Target::Anywhere(abs) => (None, abs),
+                Target::Beneath(rel) => {
+                    let (dir, name) = parent_of(&rel)?;
+                    let path = in_dir(&dir, &name);
+                    (Some(dir), path)
+                }
+            };
+            let meta = fs::symlink_metadata(&path).map_err(|e| named(&shown, e))?;
             if meta.is_dir() {
                 if recursive {
                     fs::remove_dir_all(&path).map_err(fail)?;
@@ -116,9 +329,21 @@ fn run(req: FileRequest, body: Vec<u8>) -> Reply {
             ok(&Done {}, Vec::new())
         }
         FileRequest::Mkdir { path, parents } => {
-            let mut builder = fs::DirBuilder::new();
-            builder.recursive(parents).mode(0o755);
-            builder.create(resolve(&path)).map_err(fail)?;
+            match target(&path)? {
+                Target::Anywhere(abs) => {
+                    let mut builder = fs::DirBuilder::new();
+                    builder.recursive(parents).mode(0o755);
+                    builder.create(abs).map_err(fail)?;
+                }
+                Target::Beneath(rel) if parents => mkdir_beneath(&rel)?,
+                Target::Beneath(rel) => {
+                    let (dir, name) = parent_of(&rel)?;
+                    fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(in_dir(&dir, &name))
+                        .map_err(fail)?;
+                }
+            }
             ok(&Done {}, Vec::new())
         }
     }
@@ -142,9 +367,8 @@ fn regular(file: &File, path: &str) -> Result<Metadata, (&'static str, String)> 
     Ok(meta)
 }
 
-fn read(path: &str, offset: u64, max_bytes: u64) -> Reply {
-    // O_NONBLOCK: opening a FIFO must not wait for a writer.
-    let file = File::from(open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0)?);
+/// Reads from `file` (opened O_NONBLOCK: opening a FIFO must not wait for a writer).
+fn read(file: File, path: &str, offset: u64, max_bytes: u64) -> Reply {
     let size = regular(&file, path)?.len();
     let cap = max_bytes.min((proto::MAX_FRAME_BYTES - HEAD_ROOM) as u64) as usize;
     let want = cap.min(size.saturating_sub(offset) as usize);
@@ -163,17 +387,12 @@ fn read(path: &str, offset: u64, max_bytes: u64) -> Reply {
     ok(&FileData { size, truncated }, data)
 }
 
-fn write(path: &str, append: bool, mode: u32, data: &[u8]) -> Reply {
-    let mut flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NONBLOCK;
-    flags |= if append {
-        libc::O_APPEND
-    } else {
-        libc::O_TRUNC
-    };
-    let fd = open(path, flags, mode)?;
-    let mut file = File::from(fd);
+fn write(mut file: File, path: &str, offset: Option<u64>, data: &[u8]) -> Reply {
     regular(&file, path)?;
-    file.write_all(data).map_err(fail)?;
+    match offset {
+        Some(at) => file.write_all_at(data, at).map_err(fail)?,
+        None => file.write_all(data).map_err(fail)?,
+    }
     ok(
         &Written {
             bytes: data.len() as u64,
@@ -182,10 +401,9 @@ fn write(path: &str, append: bool, mode: u32, data: &[u8]) -> Reply {
     )
 }
 
-fn list(path: &str) -> Reply {
-    // The directory is opened once, without magic links, and read through its own descriptor
-    // so the tenant cannot swap what is listed between the check and the listing.
-    let dir = open(path, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+/// Lists the directory `dir` is open on (once, without magic links), read through its own
+/// descriptor so the tenant cannot swap what is listed between the check and the listing.
+fn list(dir: OwnedFd) -> Reply {
     let mut entries = Vec::new();
     let iter = fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(fail)?;
     for entry in iter {

@@ -2,11 +2,14 @@
 //! handful of capabilities, speaking the `proto` frames with sandpool over stdin/stdout.
 //! This file owns startup (arguments, process-wide hygiene), the single writer of reply
 //! frames, the main thread's read-and-dispatch loop and the worker-thread harness; the
-//! requests themselves live in `exec` (commands), `files` (file operations as the tenant)
-//! and `scrub` (cleaning and verification).
+//! requests themselves live in `exec` (commands), `files` (file operations as the tenant),
+//! `checkpoint` (the workspace's checkpoints and undo) and `scrub` (cleaning and
+//! verification).
 
+mod checkpoint;
 mod exec;
 mod files;
+mod fsat;
 mod procs;
 mod scrub;
 mod spawn;
@@ -73,6 +76,8 @@ pub struct Ctx {
     pub execs: exec::Registry,
     /// The newest generation served and its holder (see `proto::Frame::generation`).
     pub fence: Mutex<Fence>,
+    /// The workspace's checkpoints (see `checkpoint`).
+    pub checkpoints: Mutex<checkpoint::Store>,
 }
 
 /// The newest generation this supervisor has served, and who made its first request.
@@ -189,6 +194,7 @@ fn main() {
         tenant,
         execs: exec::Registry::default(),
         fence: Mutex::new(Fence::default()),
+        checkpoints: Mutex::new(checkpoint::Store::default()),
     });
     // Started now, while threads can still be had: a tenant's fork bomb that exhausts the
     // pids limit must not keep the scrub that ends it from running.
@@ -267,6 +273,7 @@ fn dispatch(ctx: &Arc<Ctx>, frame: Frame) {
             Err(_) => eprintln!("sandpool-supervisor: credit {id}: body is not 4 bytes"),
         },
         Kind::File => files::start(ctx, frame),
+        Kind::Checkpoint => checkpoint::start(ctx, frame),
         Kind::Scrub => scrub::start(ctx, frame, true),
         Kind::Verify => scrub::start(ctx, frame, false),
         Kind::Ping => {

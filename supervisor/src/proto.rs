@@ -39,6 +39,9 @@ pub enum Kind {
     Verify = 6,
     /// Liveness: reply `Result` with head `Pong`.
     Ping = 7,
+    /// Workspace checkpoints (take, diff, restore, clear), done by the supervisor as root in
+    /// a store the tenant cannot reach: head `CheckpointRequest`.
+    Checkpoint = 8,
 
     // Supervisor → host.
     /// The command started: head `Started`.
@@ -66,6 +69,7 @@ impl Kind {
             5 => Scrub,
             6 => Verify,
             7 => Ping,
+            8 => Checkpoint,
             64 => Started,
             65 => Stdout,
             66 => Stderr,
@@ -268,6 +272,8 @@ pub enum FileRequest {
         max_bytes: u64,
     },
     /// Creates or truncates (or appends to) the file with the body; reply head `Written`.
+    /// With `offset`, writes the body there without truncating (chunks of one upload may
+    /// then arrive in any order).
     Write {
         path: String,
         #[serde(default)]
@@ -275,7 +281,14 @@ pub enum FileRequest {
         /// Permission bits for a new file (default 0644).
         #[serde(default)]
         mode: Option<u32>,
+        #[serde(default)]
+        offset: Option<u64>,
+        /// Creates missing parent directories first (like `mkdir -p`).
+        #[serde(default)]
+        parents: bool,
     },
+    /// Renames `from` to `to` (replacing a file there); reply head `Done`.
+    Rename { from: String, to: String },
     /// Reply head `Listing`.
     List { path: String },
     /// Reply head `FileStat` (of the link itself for a symlink).
@@ -336,6 +349,57 @@ pub struct Written {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Listing {
     pub entries: Vec<FileStat>,
+}
+
+/// Head of `Checkpoint`. A checkpoint is named by its `label` (the host's call id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CheckpointRequest {
+    /// Records the workspace now as checkpoint `label`; the store (contents and manifests)
+    /// stays within `max_bytes`, the oldest checkpoints dropped first. Reply head `Taken`;
+    /// `too_large` when this one alone would not fit.
+    Take { label: String, max_bytes: u64 },
+    /// What changed in the workspace since checkpoint `label`. Reply head `Changes`.
+    Changes { label: String },
+    /// Restores the workspace to checkpoint `label` and drops every later checkpoint. Reply
+    /// head `Restored`; `busy` while a command runs, `not_found` for an unknown label.
+    Restore { label: String },
+    /// Drops every checkpoint. Reply head `Done`.
+    Clear {},
+}
+
+/// Head of the reply to `Checkpoint` `take`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Taken {
+    /// Entries (files, directories, links...) recorded.
+    pub entries: u64,
+    /// Bytes of file content read (and stored) for this checkpoint: 0 when nothing changed.
+    pub read_bytes: u64,
+    /// Bytes the whole store holds now.
+    pub store_bytes: u64,
+    /// Older checkpoints dropped to make room, by label.
+    pub dropped: Vec<String>,
+}
+
+/// Head of the reply to `Checkpoint` `changes`: paths relative to the workspace.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub modified: Vec<String>,
+    pub removed: Vec<String>,
+    /// More paths changed than the lists hold.
+    pub truncated: bool,
+}
+
+/// Head of the reply to `Checkpoint` `restore`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Restored {
+    /// Entries written or changed back.
+    pub written: u64,
+    /// Entries removed.
+    pub removed: u64,
+    /// Later checkpoints dropped, by label.
+    pub dropped: Vec<String>,
 }
 
 /// Head of the reply to `Mkdir` and `Delete`: nothing to say.
@@ -408,7 +472,8 @@ pub fn holder_of(instance_id: &str) -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Failure {
     /// A stable code: `not_found`, `permission_denied`, `already_exists`, `is_directory`,
-    /// `not_directory`, `not_empty`, `too_large`, `bad_request`, `spawn_failed`,
+    /// `not_directory`, `not_empty`, `too_large`, `no_space`, `bad_request` (also a path that
+    /// leaves the workspace), `spawn_failed`,
     /// `busy`, `io`, and `fenced` (the request's generation is older than the newest the
     /// supervisor has served: another holder has the sandbox now).
     pub code: String,

@@ -93,11 +93,17 @@ fn run(ctx: &Ctx, req: &ScrubRequest, clean: bool) -> Reply {
                 eprintln!("sandpool-supervisor: scrub {}: {e}", path.path);
             }
         }
+        // The next tenant must not undo into this one's files.
+        ctx.checkpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         killed
     } else {
         0
     };
-    let found = verify(&req.paths, ctx.tenant, clean);
+    let mut found = verify(&req.paths, ctx.tenant, clean);
+    found.extend(crate::checkpoint::findings(&ctx.checkpoints));
     let verdict = Verdict {
         clean: found.is_empty(),
         found,

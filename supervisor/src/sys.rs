@@ -115,6 +115,28 @@ pub fn become_fs_user(uid: u32, gid: u32) -> io::Result<()> {
 /// flags, e.g. `RESOLVE_NO_MAGICLINKS` so that `/proc/<pid>/fd/N` cannot hand out one of the
 /// supervisor's own descriptors.
 pub fn openat2(path: &CStr, flags: libc::c_int, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+    openat2_at(libc::AT_FDCWD, path, flags, mode, resolve)
+}
+
+/// openat2(2) relative to the directory `dir` is open on, e.g. with `RESOLVE_BENEATH` so that
+/// neither `..` nor a symlink leads out of it.
+pub fn openat2_in(
+    dir: &OwnedFd,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    openat2_at(dir.as_raw_fd(), path, flags, mode, resolve)
+}
+
+fn openat2_at(
+    dir: RawFd,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     // The kernel rejects a mode without O_CREAT.
@@ -128,7 +150,7 @@ pub fn openat2(path: &CStr, flags: libc::c_int, mode: u32, resolve: u64) -> io::
     owned(unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            libc::AT_FDCWD,
+            dir,
             path.as_ptr(),
             &raw const how,
             std::mem::size_of::<libc::open_how>(),
@@ -289,6 +311,10 @@ pub fn errno_code(errno: i32) -> &'static str {
         libc::EISDIR => "is_directory",
         libc::ENOTDIR => "not_directory",
         libc::ENOTEMPTY => "not_empty",
+        libc::ENOSPC | libc::EDQUOT => "no_space",
+        libc::EFBIG => "too_large",
+        // RESOLVE_BENEATH: the path (through a symlink, say) leaves the workspace.
+        libc::EXDEV => "bad_request",
         _ => "io",
     }
 }

@@ -29,7 +29,7 @@ pub(super) struct Call {
     pub(super) call_id: String,
     tool: &'static str,
     args: Value,
-    client: Option<String>,
+    pub(super) client: Option<String>,
     decision: Decision,
     decided_by: String,
     started_ms: i64,
@@ -241,6 +241,40 @@ impl Tools {
                 self.audit(call, "error", None, &[], &[]);
                 Ok(failed(&e))
             }
+        }
+    }
+
+    /// The tool result of a call that could change the workspace: as [`Self::finish`], with
+    /// the call's checkpoint (its id for `undo`, and what it changed) told to the browser and
+    /// given to the agent.
+    pub(super) async fn finish_changed(
+        &self,
+        call: &Call,
+        before: crate::api::socket::workspace::Before,
+        result: Result<String, ApiError>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let mut checkpoint = json!({});
+        self.api
+            .checkpoint_after(&call.session_id, &call.call_id, before, &mut checkpoint)
+            .await;
+        let (mut told, status) = match &result {
+            Ok(_) => (json!({"status": "ok"}), "ok"),
+            Err(e) => (error_result(e), "error"),
+        };
+        for (k, v) in checkpoint.as_object().into_iter().flatten() {
+            told[k] = v.clone();
+        }
+        self.tell_result(call, told);
+        self.audit(call, status, None, &[], &[]);
+        match result {
+            Ok(text) => {
+                checkpoint["callId"] = json!(call.call_id);
+                Ok(CallToolResult::success(vec![
+                    ContentBlock::text(text),
+                    ContentBlock::text(checkpoint.to_string()),
+                ]))
+            }
+            Err(e) => Ok(failed(&e)),
         }
     }
 

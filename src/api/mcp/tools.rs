@@ -23,12 +23,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::calls::{confine, encoding_name, error_result, failed};
+use super::calls::{encoding_name, error_result, failed};
 use crate::api::ApiError;
+use crate::api::error::ErrorCode;
 use crate::api::socket::SocketApi;
+use crate::api::socket::workspace::workspace_path;
 use crate::session::{FileRequest, OutputChunk};
 use sandpool_supervisor::layout::WORKSPACE;
-use sandpool_supervisor::proto::{Done, FileData, Listing, Written};
+use sandpool_supervisor::proto::Listing;
 
 /// How much of a `write_file`'s content the user sees when asked to approve it.
 const PREVIEW_CHARS: usize = 2000;
@@ -91,6 +93,14 @@ pub struct PathArgs {
 
 /// One MCP request's view of the service (made per request by `rmcp`: cheap).
 #[derive(Clone)]
+/// Arguments of `undo`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UndoArgs {
+    /// The `callId` of the tool call to undo (with every later one), as its result gave it.
+    pub call_id: String,
+}
+
 pub struct Tools {
     pub(super) api: Arc<SocketApi>,
     tool_router: ToolRouter<Tools>,
@@ -149,6 +159,10 @@ impl Tools {
             None => (None, None),
         };
         let socket = self.api.socket_of(&call.session_id);
+        let before = self
+            .api
+            .checkpoint_before(&call.session_id, &call.call_id)
+            .await;
         let result = self
             .api
             .run_spec(socket, &call.session_id, &call.call_id, &spec, also)
@@ -156,20 +170,29 @@ impl Tools {
         if let Some(task) = task {
             let _ = task.await;
         }
+        let mut checkpoint = json!({});
+        self.api
+            .checkpoint_after(&call.session_id, &call.call_id, before, &mut checkpoint)
+            .await;
         let out = match result {
             Ok(out) => out,
             Err(e) => {
-                self.tell_result(&call, error_result(&e));
+                let mut body = error_result(&e);
+                merge(&mut body, &checkpoint);
+                self.tell_result(&call, body);
                 self.audit(&call, "error", None, &[], &[]);
                 return Ok(failed(&e));
             }
         };
         self.audit(&call, out.status, out.exit_code, &out.stdout, &out.stderr);
-        self.tell_result(
-            &call,
-            json!({"status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms}),
-        );
-        let text = ContentBlock::text(out.to_json().to_string());
+        let mut told =
+            json!({"status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms});
+        merge(&mut told, &checkpoint);
+        self.tell_result(&call, told);
+        let mut result = out.to_json();
+        result["callId"] = json!(call.call_id);
+        merge(&mut result, &checkpoint);
+        let text = ContentBlock::text(result.to_string());
         Ok(if out.status == "timeout" {
             CallToolResult::error(vec![text])
         } else {
@@ -190,23 +213,18 @@ impl Tools {
             Err(refusal) => return Ok(refusal),
         };
         let result = async {
-            let path = confine(&args.path)?;
-            let (head, body): (FileData, Vec<u8>) = self
-                .file(
-                    &call,
-                    FileRequest::Read {
-                        path,
-                        offset: 0,
-                        max_bytes: READ_MAX_BYTES,
-                    },
-                    Vec::new(),
-                )
+            let path = workspace_path(&args.path)?;
+            let (size, body) = self
+                .api
+                .read_range(&call.session_id, &path, 0, READ_MAX_BYTES as usize)
                 .await?;
-            if head.truncated {
-                return Err(ApiError::bad_request(format!(
-                    "the file has {} bytes; read_file returns at most {READ_MAX_BYTES}",
-                    head.size
-                )));
+            if size > READ_MAX_BYTES {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the file has {size} bytes; read_file returns at most {READ_MAX_BYTES}"
+                    ),
+                ));
             }
             match args.encoding {
                 Encoding::Base64 => Ok(base64::engine::general_purpose::STANDARD.encode(&body)),
@@ -246,33 +264,30 @@ impl Tools {
             Ok(call) => call,
             Err(refusal) => return Ok(refusal),
         };
-        let result = async {
-            let path = confine(&args.path)?;
-            let bytes = match args.encoding {
-                Encoding::Utf8 => args.content.into_bytes(),
-                Encoding::Base64 => base64::engine::general_purpose::STANDARD
-                    .decode(args.content.as_bytes())
-                    .map_err(|e| ApiError::bad_request(format!("content is not base64: {e}")))?,
-            };
-            if let Some((parent, _)) = path.rsplit_once('/')
-                && parent != WORKSPACE
-            {
-                let mkdir = FileRequest::Mkdir {
-                    path: parent.to_string(),
-                    parents: true,
-                };
-                let _: (Done, Vec<u8>) = self.file(&call, mkdir, Vec::new()).await?;
-            }
-            let write = FileRequest::Write {
-                path: path.clone(),
-                append: false,
-                mode: None,
-            };
-            let (written, _): (Written, Vec<u8>) = self.file(&call, write, bytes).await?;
-            Ok(format!("wrote {} bytes to {path}", written.bytes))
-        }
-        .await;
-        self.finish(&call, result.map(|text| vec![ContentBlock::text(text)]))
+        let path = workspace_path(&args.path);
+        let bytes = match args.encoding {
+            Encoding::Utf8 => Ok(args.content.into_bytes()),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(args.content.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("content is not base64: {e}"))),
+        };
+        let (path, bytes) = match (path, bytes) {
+            (Ok(path), Ok(bytes)) => (path, bytes),
+            (Err(e), _) | (_, Err(e)) => return self.finish(&call, Err(e)),
+        };
+        let before = self
+            .api
+            .checkpoint_before(&call.session_id, &call.call_id)
+            .await;
+        let body = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+            bytes::Bytes::from(bytes),
+        )]);
+        let result = self
+            .api
+            .upload(&call.session_id, &path, None, body)
+            .await
+            .map(|(n, _)| format!("wrote {n} bytes to {WORKSPACE}/{path}"));
+        self.finish_changed(&call, before, result).await
     }
 
     /// Lists a directory of the session's workspace: each entry's name, kind, size, mode and
@@ -293,7 +308,7 @@ impl Tools {
             Err(refusal) => return Ok(refusal),
         };
         let result = async {
-            let path = confine(&args.path)?;
+            let path = workspace_path(&args.path)?;
             let (listing, _): (Listing, Vec<u8>) =
                 self.file(&call, FileRequest::List { path }, Vec::new()).await?;
             let entries: Vec<Value> = listing
@@ -324,22 +339,70 @@ impl Tools {
             Ok(call) => call,
             Err(refusal) => return Ok(refusal),
         };
-        let result = async {
-            let path = confine(&args.path)?;
-            if path == WORKSPACE {
-                return Err(ApiError::bad_request(
-                    "the workspace itself cannot be deleted",
-                ));
+        let path = match workspace_path(&args.path) {
+            Ok(path) => path,
+            Err(e) => return self.finish(&call, Err(e)),
+        };
+        let before = self
+            .api
+            .checkpoint_before(&call.session_id, &call.call_id)
+            .await;
+        let result = self
+            .api
+            .delete(&call.session_id, &path, true)
+            .await
+            .map(|()| format!("deleted {WORKSPACE}/{path}"));
+        self.finish_changed(&call, before, result).await
+    }
+
+    /// Restores the session's workspace to its state right before an earlier tool call (its
+    /// `callId`, from that call's result): that call and every later one are undone.
+    #[tool(annotations(
+        title = "Undo tool calls",
+        read_only_hint = false,
+        destructive_hint = true
+    ))]
+    async fn undo(
+        &self,
+        Parameters(args): Parameters<UndoArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let shown = json!({"callId": args.call_id});
+        let call = match self.admit(&ctx, "undo", shown, false).await {
+            Ok(call) => call,
+            Err(refusal) => return Ok(refusal),
+        };
+        // The undo is its own audit entry (written by `SocketApi::undo`).
+        let result = self
+            .api
+            .undo(
+                &call.session_id,
+                &args.call_id,
+                crate::audit::Origin::Mcp,
+                call.client.clone(),
+            )
+            .await;
+        match result {
+            Ok(body) => {
+                self.tell_result(&call, json!({"status": "ok", "undone": args.call_id}));
+                Ok(CallToolResult::success(vec![ContentBlock::text(
+                    body.to_string(),
+                )]))
             }
-            let delete = FileRequest::Delete {
-                path: path.clone(),
-                recursive: true,
-            };
-            let _: (Done, Vec<u8>) = self.file(&call, delete, Vec::new()).await?;
-            Ok(format!("deleted {path}"))
+            Err(e) => {
+                self.tell_result(&call, error_result(&e));
+                Ok(failed(&e))
+            }
         }
-        .await;
-        self.finish(&call, result.map(|text| vec![ContentBlock::text(text)]))
+    }
+}
+
+/// Copies the fields of `extra` (an object) into `body` (an object).
+fn merge(body: &mut Value, extra: &Value) {
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            body.insert(k.clone(), v.clone());
+        }
     }
 }
 

@@ -23,6 +23,11 @@ pub(super) async fn prepare(socket: SocketRef) -> Result<(), Infallible> {
     socket.on("tool:approval", on_approval);
     socket.on("session:end", on_end);
     socket.on("session:policy", on_policy);
+    socket.on("fs:list", super::files::on_fs_list);
+    socket.on("fs:read", super::files::on_fs_read);
+    socket.on("fs:write", super::files::on_fs_write);
+    socket.on("fs:delete", super::files::on_fs_delete);
+    socket.on("tool:undo", super::files::on_undo);
     socket.on_fallback(on_unknown);
     socket.on_disconnect(on_disconnect);
     Ok(())
@@ -199,7 +204,7 @@ impl From<ApiError> for Refusal {
 }
 
 impl Refusal {
-    fn for_call(error: ApiError, call_id: &str) -> Self {
+    pub(super) fn for_call(error: ApiError, call_id: &str) -> Self {
         Self {
             error,
             call_id: Some(call_id.to_string()),
@@ -209,7 +214,7 @@ impl Refusal {
 
 impl SocketApi {
     /// Answers a request: its ack body, or its refusal (see [`SocketApi::fail`]).
-    fn answer(&self, socket: &SocketRef, reply: Reply, result: Result<Value, Refusal>) {
+    pub(super) fn answer(&self, socket: &SocketRef, reply: Reply, result: Result<Value, Refusal>) {
         match result {
             Ok(body) => reply.send(&body),
             Err(r) => self.fail(socket, Some(reply), r.error, r.call_id.as_deref()),
@@ -237,6 +242,7 @@ pub(super) async fn exec_request(
     let permit = api.permit(&conn)?;
     let call_id = new_call_id();
     let started_ms = now_ms();
+    let before = api.checkpoint_before(&conn.session_id, &call_id).await;
     let result = api
         .run(socket, &conn, &call_id, &req.command, req.timeout)
         .await;
@@ -252,6 +258,8 @@ pub(super) async fn exec_request(
     let mut body = out.to_json();
     body["ok"] = json!(true);
     body["callId"] = json!(call_id);
+    api.checkpoint_after(&conn.session_id, &call_id, before, &mut body)
+        .await;
     Ok(body)
 }
 
@@ -365,6 +373,7 @@ pub(super) async fn on_approval(
             reply.send(&json!({"ok": true, "callId": call_id}));
             let timeout = api.limits.exec_default_timeout;
             let started_ms = now_ms();
+            let before = api.checkpoint_before(&conn.session_id, &call_id).await;
             let result = api.run(&socket, &conn, &call_id, &command, timeout).await;
             drop(permit);
             api.audit_run(
@@ -374,7 +383,7 @@ pub(super) async fn on_approval(
                 started_ms,
                 &result,
             );
-            let body = match result {
+            let mut body = match result {
                 Ok(out) => {
                     json!({"callId": call_id, "status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms})
                 }
@@ -383,6 +392,8 @@ pub(super) async fn on_approval(
                     json!({"callId": call_id, "status": "error", "exitCode": null, "error": {"code": e.code.as_str(), "message": e.message}})
                 }
             };
+            api.checkpoint_after(&conn.session_id, &call_id, before, &mut body)
+                .await;
             let _ = socket.emit("tool:result", &body);
         }
     }

@@ -23,8 +23,10 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+mod files;
 mod handlers;
 pub(crate) mod payload;
+pub(crate) mod workspace;
 
 use handlers::{on_connect, prepare};
 use payload::*;
@@ -136,7 +138,7 @@ impl FromMessageParts<socketioxide::adapter::LocalAdapter> for Reply {
 }
 
 impl Reply {
-    fn send(self, body: &Value) {
+    fn send<T: Serialize + ?Sized>(self, body: &T) {
         if let Err(error) = self.ack.send(body) {
             tracing::debug!(%error, "sending an ack failed");
         }
@@ -174,9 +176,9 @@ impl SocketApi {
     pub fn layer(self: &Arc<Self>) -> (SocketIoLayer, SocketIo) {
         let (layer, io) = SocketIo::builder()
             .with_state(self.clone())
-            // Commands are at most 16 KiB by default; an oversized message still reaches the
-            // handler (and gets `bad_request`) up to this bound.
-            .max_payload(1 << 20)
+            // An `fs:write` carries up to 4 MiB of content; an oversized message still reaches
+            // the handler (and gets a typed error) up to this bound.
+            .max_payload((workspace::SOCKET_CHUNK_BYTES + (64 << 10)) as u64)
             .build_layer();
         io.ns("/", on_connect.with(prepare));
         (layer, io)

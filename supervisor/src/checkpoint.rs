@@ -1,0 +1,800 @@
+//! Workspace checkpoints: the state of `/workspace` recorded before a tool call, so that the
+//! call (and every later one) can be undone.
+//!
+//! A checkpoint is a manifest (every path with its type, mode, size, times and, for a file,
+//! the SHA-256 of its contents; for a symlink, its target) plus the contents themselves, kept
+//! once per hash. A file whose inode, size, mtime and ctime are those of the last checkpoint
+//! is not read again, so checkpointing an unchanged workspace costs a walk, not a copy.
+//!
+//! The store is this process's own memory: root's, which the tenant cannot read, write or
+//! signal, and charged to the sandbox's memory limit, not the host's. It stays within the
+//! bound each `take` names, the oldest checkpoints dropped first; the scrub clears it and the
+//! verification reports a store that is not empty.
+//!
+//! The tenant controls the tree, so the walk and the restore look up one name at a time in a
+//! directory descriptor and never follow a link (`fsat`); a file is read only once it is open
+//! and seen to be a regular file (a FIFO never blocks us); a file's size is checked against
+//! the bound before it is read (a huge sparse file is refused, not read); and a walk stops at
+//! `MAX_ENTRIES` entries or its deadline. A restore runs only while no command does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sandpool_supervisor::proto::{Changes, CheckpointRequest, Done, Frame, Restored, Taken};
+use sha2::{Digest, Sha256};
+
+use crate::{Ctx, Reply, Tenant, fsat};
+
+/// Entries one walk may see; a workspace with more is refused (`too_large`).
+pub const MAX_ENTRIES: u64 = 100_000;
+/// What one manifest entry is charged against the bound, besides its path.
+const ENTRY_BYTES: u64 = 128;
+/// How long a walk may take before it gives up (`busy`): a tenant that keeps a tree growing
+/// must not hold the call up.
+const WALK_DEADLINE: Duration = Duration::from_secs(10);
+/// Paths listed per kind of change; more set `truncated`.
+const MAX_LISTED: usize = 1000;
+/// A restore and a walk recurse through tenant-made trees of any depth.
+const STACK: usize = 64 << 20;
+
+type Hash = [u8; 32];
+type Fail = (&'static str, String);
+
+/// The inode, size, mtime and ctime of a file: unchanged when all four are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(st: &libc::stat) -> Stamp {
+        Stamp {
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum What {
+    Dir,
+    /// The contents' hash (in a checkpoint; `None` in a walk that does not read).
+    File(Option<Hash>),
+    Symlink(Vec<u8>),
+    Fifo,
+    /// A socket or a device node: recorded, never restored.
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    what: What,
+    mode: u32,
+    stamp: Stamp,
+}
+
+impl Entry {
+    /// Whether `now` is this entry unchanged (type, mode, link target, file stamp).
+    fn same_as(&self, now: &Entry) -> bool {
+        let what = match (&self.what, &now.what) {
+            (What::File(_), What::File(_)) => self.stamp == now.stamp,
+            (a, b) => a == b,
+        };
+        what && self.mode == now.mode
+    }
+}
+
+/// Relative path (bytes, `a/b`; the workspace itself is empty) → entry, parents first.
+type Manifest = BTreeMap<Vec<u8>, Entry>;
+
+struct Checkpoint {
+    label: String,
+    manifest: Arc<Manifest>,
+    /// What the manifest is charged against the bound.
+    manifest_bytes: u64,
+}
+
+struct Blob {
+    data: Vec<u8>,
+    refs: u32,
+}
+
+/// Every checkpoint of this sandbox, oldest first, and the contents they share.
+#[derive(Default)]
+pub struct Store {
+    checkpoints: Vec<Checkpoint>,
+    blobs: HashMap<Hash, Blob>,
+    /// Path → the stamp and hash of the file as the last `take` saw it.
+    seen: HashMap<Vec<u8>, (Stamp, Hash)>,
+    bytes: u64,
+}
+
+impl Store {
+    /// Checkpoints held.
+    pub fn len(&self) -> usize {
+        self.checkpoints.len()
+    }
+
+    /// Drops every checkpoint and everything they held.
+    pub fn clear(&mut self) {
+        *self = Store::default();
+    }
+
+    fn release(&mut self, cp: Checkpoint) {
+        self.bytes -= cp.manifest_bytes;
+        for entry in cp.manifest.values() {
+            if let What::File(Some(hash)) = &entry.what
+                && let Some(blob) = self.blobs.get_mut(hash)
+            {
+                blob.refs -= 1;
+                if blob.refs == 0 {
+                    self.bytes -= blob.data.len() as u64;
+                    self.blobs.remove(hash);
+                }
+            }
+        }
+    }
+
+    fn position(&self, label: &str) -> Option<usize> {
+        self.checkpoints.iter().position(|c| c.label == label)
+    }
+
+    /// Drops the checkpoints after index `at`; their labels.
+    fn drop_after(&mut self, at: usize) -> Vec<String> {
+        let later: Vec<Checkpoint> = self.checkpoints.drain(at + 1..).collect();
+        let labels = later.iter().map(|c| c.label.clone()).collect();
+        for cp in later {
+            self.release(cp);
+        }
+        labels
+    }
+}
+
+/// Handles a `Checkpoint` frame on its own thread, as root.
+pub fn start(ctx: &Arc<Ctx>, frame: Frame) {
+    let id = frame.id;
+    let req: CheckpointRequest = match frame.head() {
+        Ok(req) => req,
+        Err(e) => {
+            return ctx
+                .out
+                .error(id, "bad_request", format!("bad checkpoint head: {e}"));
+        }
+    };
+    let thread_ctx = Arc::clone(ctx);
+    crate::worker(ctx, id, "checkpoint", STACK, move || {
+        let mut store = thread_ctx
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        run(&thread_ctx, &mut store, req, crate::files::WORKSPACE)
+    });
+}
+
+fn run(ctx: &Ctx, store: &mut Store, req: CheckpointRequest, root: &str) -> Reply {
+    match req {
+        CheckpointRequest::Take { label, max_bytes } => {
+            let taken = take(store, &label, max_bytes, root)?;
+            reply(&taken)
+        }
+        CheckpointRequest::Changes { label } => {
+            let at = store
+                .position(&label)
+                .ok_or_else(|| no_checkpoint(&label))?;
+            let then = Arc::clone(&store.checkpoints[at].manifest);
+            let now = walk_root(root, u64::MAX, None)?;
+            reply(&changes(&then, &now))
+        }
+        CheckpointRequest::Restore { label } => {
+            let running = ctx.execs.len();
+            if running > 0 {
+                return Err((
+                    "busy",
+                    format!("{running} command(s) of the session are running"),
+                ));
+            }
+            let restored = restore(store, &label, root, ctx.tenant)?;
+            reply(&restored)
+        }
+        CheckpointRequest::Clear {} => {
+            store.clear();
+            reply(&Done {})
+        }
+    }
+}
+
+fn reply<T: serde::Serialize>(head: &T) -> Reply {
+    Ok((
+        serde_json::to_vec(head).map_err(|e| ("io", e.to_string()))?,
+        Vec::new(),
+    ))
+}
+
+fn no_checkpoint(label: &str) -> Fail {
+    (
+        "not_found",
+        format!("no checkpoint {label:?}: it was dropped, undone or never taken"),
+    )
+}
+
+fn io_fail(what: &str, e: io::Error) -> Fail {
+    (crate::sys::io_code(&e), format!("{what}: {e}"))
+}
+
+fn show(path: &[u8]) -> String {
+    if path.is_empty() {
+        ".".into()
+    } else {
+        String::from_utf8_lossy(path).into_owned()
+    }
+}
+
+fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    if prefix.is_empty() {
+        name.to_vec()
+    } else {
+        [prefix, b"/", name].concat()
+    }
+}
+
+/// Reads a file's contents for a `take`: its hash, and the bytes when the store lacks them.
+type ReadFile<'a> =
+    &'a mut dyn FnMut(RawFd, &std::ffi::CStr, &libc::stat, &[u8]) -> Result<Hash, Fail>;
+
+/// One walk of a tree: its manifest, within an entry count, a byte bound and a deadline.
+struct Walk<'a> {
+    manifest: Manifest,
+    bytes: u64,
+    max_bytes: u64,
+    deadline: Instant,
+    read: Option<ReadFile<'a>>,
+}
+
+impl Walk<'_> {
+    fn add(&mut self, path: Vec<u8>, st: &libc::stat, what: What) -> Result<(), Fail> {
+        self.bytes += ENTRY_BYTES + path.len() as u64;
+        if self.manifest.len() as u64 >= MAX_ENTRIES {
+            return Err((
+                "too_large",
+                format!("the workspace has over {MAX_ENTRIES} entries"),
+            ));
+        }
+        if self.bytes > self.max_bytes {
+            return Err((
+                "too_large",
+                "the workspace's manifest is over the checkpoint bound".into(),
+            ));
+        }
+        if Instant::now() > self.deadline {
+            return Err((
+                "busy",
+                format!("the walk took over {} s", WALK_DEADLINE.as_secs()),
+            ));
+        }
+        let entry = Entry {
+            what,
+            mode: st.st_mode & 0o7777,
+            stamp: Stamp::of(st),
+        };
+        self.manifest.insert(path, entry);
+        Ok(())
+    }
+
+    fn dir(&mut self, dir: &OwnedFd, prefix: &[u8]) -> Result<(), Fail> {
+        let names = fsat::names(dir).map_err(|e| io_fail(&show(prefix), e))?;
+        for name in names {
+            let Ok(c) = fsat::name(&name) else { continue };
+            let path = join(prefix, &name);
+            let st = match fsat::lstat(dir.as_raw_fd(), &c) {
+                Ok(st) => st,
+                // Gone since it was listed: not there.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(io_fail(&show(&path), e)),
+            };
+            match fsat::kind(&st) {
+                libc::S_IFDIR => {
+                    let sub = match fsat::open_dir(dir.as_raw_fd(), &c) {
+                        Ok(sub) => sub,
+                        // Swapped or gone since the lstat: not a directory of this tree now.
+                        Err(e)
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                            ) =>
+                        {
+                            continue;
+                        }
+                        Err(e) => return Err(io_fail(&show(&path), e)),
+                    };
+                    self.add(path.clone(), &st, What::Dir)?;
+                    self.dir(&sub, &path)?;
+                }
+                libc::S_IFREG => {
+                    let hash = match self.read.as_mut() {
+                        Some(read) => Some(read(dir.as_raw_fd(), &c, &st, &path)?),
+                        None => None,
+                    };
+                    self.add(path, &st, What::File(hash))?;
+                }
+                libc::S_IFLNK => {
+                    let target = match fsat::readlink(dir.as_raw_fd(), &c) {
+                        Ok(t) => t,
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                        Err(e) => return Err(io_fail(&show(&path), e)),
+                    };
+                    self.add(path, &st, What::Symlink(target))?;
+                }
+                libc::S_IFIFO => self.add(path, &st, What::Fifo)?,
+                _ => self.add(path, &st, What::Other)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_root(root: &str) -> Result<OwnedFd, Fail> {
+    let c = std::ffi::CString::new(root).map_err(|_| ("bad_request", "bad root".to_string()))?;
+    fsat::open_dir(libc::AT_FDCWD, &c).map_err(|e| io_fail(root, e))
+}
+
+/// The manifest of the tree at `root`, reading files with `read` when given.
+fn walk_root(root: &str, max_bytes: u64, read: Option<ReadFile<'_>>) -> Result<Manifest, Fail> {
+    let dir = open_root(root)?;
+    let st = fsat::fstat(&dir).map_err(|e| io_fail(root, e))?;
+    let mut walk = Walk {
+        manifest: Manifest::new(),
+        bytes: 0,
+        max_bytes,
+        deadline: Instant::now() + WALK_DEADLINE,
+        read,
+    };
+    walk.add(Vec::new(), &st, What::Dir)?;
+    walk.dir(&dir, b"")?;
+    Ok(walk.manifest)
+}
+
+/// Reads the whole regular file `name` in `dir`, at most `limit` bytes (more: `too_large`).
+fn read_file(dir: RawFd, name: &std::ffi::CStr, path: &[u8], limit: u64) -> Result<Vec<u8>, Fail> {
+    let fd = fsat::open(dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+        .map_err(|e| io_fail(&show(path), e))?;
+    let st = fsat::fstat(&fd).map_err(|e| io_fail(&show(path), e))?;
+    if fsat::kind(&st) != libc::S_IFREG {
+        return Err((
+            "busy",
+            format!("{} changed during the checkpoint", show(path)),
+        ));
+    }
+    if st.st_size as u64 > limit {
+        return Err(too_large(path, st.st_size as u64));
+    }
+    let mut data = Vec::with_capacity(st.st_size as usize);
+    std::fs::File::from(fd)
+        .take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| io_fail(&show(path), e))?;
+    if data.len() as u64 > limit {
+        return Err(too_large(path, data.len() as u64));
+    }
+    Ok(data)
+}
+
+fn too_large(path: &[u8], size: u64) -> Fail {
+    (
+        "too_large",
+        format!(
+            "{} ({size} bytes) does not fit in the checkpoint bound",
+            show(path)
+        ),
+    )
+}
+
+/// Records the workspace as checkpoint `label` (replacing one of that label).
+fn take(store: &mut Store, label: &str, max_bytes: u64, root: &str) -> Result<Taken, Fail> {
+    if let Some(at) = store.position(label) {
+        let old = store.checkpoints.remove(at);
+        store.release(old);
+    }
+    let mut fresh: HashMap<Hash, Vec<u8>> = HashMap::new();
+    let mut seen: HashMap<Vec<u8>, (Stamp, Hash)> = HashMap::new();
+    let mut read_bytes = 0u64;
+    let manifest = {
+        let (blobs, old_seen) = (&store.blobs, &store.seen);
+        let mut read = |dir: RawFd, name: &std::ffi::CStr, st: &libc::stat, path: &[u8]| {
+            let stamp = Stamp::of(st);
+            if let Some((was, hash)) = old_seen.get(path)
+                && *was == stamp
+                && (blobs.contains_key(hash) || fresh.contains_key(hash))
+            {
+                seen.insert(path.to_vec(), (stamp, *hash));
+                return Ok(*hash);
+            }
+            let room = max_bytes.saturating_sub(read_bytes);
+            if stamp.size > room {
+                return Err(too_large(path, stamp.size));
+            }
+            let data = read_file(dir, name, path, room)?;
+            let hash: Hash = Sha256::digest(&data).into();
+            seen.insert(path.to_vec(), (stamp, hash));
+            if !blobs.contains_key(&hash) && !fresh.contains_key(&hash) {
+                read_bytes += data.len() as u64;
+                fresh.insert(hash, data);
+            }
+            Ok(hash)
+        };
+        walk_root(root, max_bytes, Some(&mut read))?
+    };
+    let manifest_bytes = manifest
+        .keys()
+        .map(|p| ENTRY_BYTES + p.len() as u64)
+        .sum::<u64>();
+    if manifest_bytes + read_bytes > max_bytes {
+        return Err((
+            "too_large",
+            format!(
+                "the workspace needs {} bytes, over the checkpoint bound of {max_bytes}",
+                manifest_bytes + read_bytes
+            ),
+        ));
+    }
+    for (hash, data) in fresh {
+        store.bytes += data.len() as u64;
+        store.blobs.insert(hash, Blob { data, refs: 0 });
+    }
+    for entry in manifest.values() {
+        if let What::File(Some(hash)) = &entry.what
+            && let Some(blob) = store.blobs.get_mut(hash)
+        {
+            blob.refs += 1;
+        }
+    }
+    store.seen = seen;
+    // An unchanged workspace shares the last manifest.
+    let manifest = match store.checkpoints.last() {
+        Some(last) if *last.manifest == manifest => Arc::clone(&last.manifest),
+        _ => Arc::new(manifest),
+    };
+    let entries = manifest.len() as u64;
+    store.bytes += manifest_bytes;
+    store.checkpoints.push(Checkpoint {
+        label: label.to_string(),
+        manifest,
+        manifest_bytes,
+    });
+    let mut dropped = Vec::new();
+    while store.bytes > max_bytes && store.checkpoints.len() > 1 {
+        let oldest = store.checkpoints.remove(0);
+        dropped.push(oldest.label.clone());
+        store.release(oldest);
+    }
+    Ok(Taken {
+        entries,
+        read_bytes,
+        store_bytes: store.bytes,
+        dropped,
+    })
+}
+
+/// The paths that differ between `then` and `now`.
+fn changes(then: &Manifest, now: &Manifest) -> Changes {
+    let mut out = Changes::default();
+    let push = |list: &mut Vec<String>, path: &[u8], truncated: &mut bool| {
+        if list.len() < MAX_LISTED {
+            list.push(show(path));
+        } else {
+            *truncated = true;
+        }
+    };
+    for (path, entry) in now {
+        match then.get(path) {
+            None => push(&mut out.added, path, &mut out.truncated),
+            // A directory's own times move with its entries; only its mode is a change.
+            Some(was) if !was.same_as(entry) => push(&mut out.modified, path, &mut out.truncated),
+            Some(_) => {}
+        }
+    }
+    for path in then.keys() {
+        if !now.contains_key(path) {
+            push(&mut out.removed, path, &mut out.truncated);
+        }
+    }
+    out
+}
+
+/// Directory descriptors by relative path, opened one component at a time without links.
+struct Dirs {
+    root: OwnedFd,
+    open: HashMap<Vec<u8>, OwnedFd>,
+}
+
+impl Dirs {
+    fn fd(&mut self, path: &[u8]) -> io::Result<RawFd> {
+        if path.is_empty() {
+            return Ok(self.root.as_raw_fd());
+        }
+        if let Some(fd) = self.open.get(path) {
+            return Ok(fd.as_raw_fd());
+        }
+        let (parent, name) = split(path);
+        let parent_fd = self.fd(parent)?;
+        let fd = fsat::open_dir(parent_fd, &fsat::name(name)?)?;
+        let raw = fd.as_raw_fd();
+        self.open.insert(path.to_vec(), fd);
+        Ok(raw)
+    }
+
+    /// Forgets `path` and everything under it (it was removed).
+    fn forget(&mut self, path: &[u8]) {
+        self.open.retain(|p, _| {
+            !(p == path || (p.starts_with(path) && p.get(path.len()) == Some(&b'/')))
+        });
+    }
+}
+
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(at) => (&path[..at], &path[at + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// Restores the workspace to checkpoint `label`, and drops every later checkpoint.
+fn restore(store: &mut Store, label: &str, root: &str, tenant: Tenant) -> Result<Restored, Fail> {
+    let at = store.position(label).ok_or_else(|| no_checkpoint(label))?;
+    let target = Arc::clone(&store.checkpoints[at].manifest);
+    let now = walk_root(root, u64::MAX, None)?;
+    let mut dirs = Dirs {
+        root: open_root(root)?,
+        open: HashMap::new(),
+    };
+    let (mut written, mut removed) = (0u64, 0u64);
+    // Removals, children before their parents: what the checkpoint lacks, or has as
+    // another type.
+    let mut gone: HashSet<&[u8]> = HashSet::new();
+    for (path, entry) in now.iter().rev() {
+        if path.is_empty() {
+            continue;
+        }
+        let keep = target.get(path).is_some_and(|t| {
+            std::mem::discriminant(&t.what) == std::mem::discriminant(&entry.what)
+        });
+        if keep {
+            continue;
+        }
+        remove(&mut dirs, path, matches!(entry.what, What::Dir))
+            .map_err(|e| io_fail(&format!("removing {}", show(path)), e))?;
+        gone.insert(path);
+        removed += 1;
+    }
+    // Then everything of the checkpoint, parents first.
+    for (path, entry) in target.iter() {
+        let current = now.get(path).filter(|_| !gone.contains(path.as_slice()));
+        if current.is_some_and(|c| entry.same_as(c)) {
+            continue;
+        }
+        put(store, &mut dirs, path, entry, current, tenant)
+            .map_err(|e| io_fail(&format!("restoring {}", show(path)), e))?;
+        written += 1;
+    }
+    // Directory times last: restoring their entries moved them.
+    for (path, entry) in target.iter().rev() {
+        if matches!(entry.what, What::Dir) && !path.is_empty() {
+            let (parent, name) = split(path);
+            if let (Ok(fd), Ok(name)) = (dirs.fd(parent), fsat::name(name)) {
+                let _ = fsat::set_mtime(fd, &name, entry.stamp.mtime.0, entry.stamp.mtime.1);
+            }
+        }
+    }
+    let dropped = store.drop_after(at);
+    Ok(Restored {
+        written,
+        removed,
+        dropped,
+    })
+}
+
+fn remove(dirs: &mut Dirs, path: &[u8], is_dir: bool) -> io::Result<()> {
+    let (parent, name) = split(path);
+    let parent_fd = dirs.fd(parent)?;
+    let name = fsat::name(name)?;
+    if is_dir {
+        dirs.forget(path);
+        match fsat::unlink(parent_fd, &name, true) {
+            // Filled again since the walk: empty it whole (remove_dir_all never follows a
+            // link).
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => std::fs::remove_dir_all(
+                format!("/proc/self/fd/{parent_fd}/{}", name.to_string_lossy()),
+            ),
+            other => other,
+        }
+    } else {
+        match fsat::unlink(parent_fd, &name, false) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Makes `path` what `entry` says (its parent exists by now). `current` is what is there.
+fn put(
+    store: &Store,
+    dirs: &mut Dirs,
+    path: &[u8],
+    entry: &Entry,
+    current: Option<&Entry>,
+    tenant: Tenant,
+) -> io::Result<()> {
+    let (uid, gid) = (tenant.uid, tenant.gid);
+    if path.is_empty() {
+        return fsat::own_and_mode(&dirs.root, uid, gid, entry.mode);
+    }
+    let (parent, name) = split(path);
+    let parent_fd = dirs.fd(parent)?;
+    let name = fsat::name(name)?;
+    match &entry.what {
+        What::Dir => {
+            if current.is_none() {
+                fsat::mkdir(parent_fd, &name, 0o700)?;
+            }
+            let fd = fsat::open_dir(parent_fd, &name)?;
+            fsat::own_and_mode(&fd, uid, gid, entry.mode)
+        }
+        What::File(hash) => {
+            let data = hash
+                .and_then(|h| store.blobs.get(&h))
+                .map(|b| b.data.as_slice())
+                .ok_or_else(|| io::Error::other("the checkpoint lacks this file's contents"))?;
+            // A new file every time: writing through the old one would change every hard
+            // link to it too.
+            if current.is_some() {
+                fsat::unlink(parent_fd, &name, false)?;
+            }
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+            let fd = fsat::open(parent_fd, &name, flags, 0o600)?;
+            fsat::own_and_mode(&fd, uid, gid, entry.mode)?;
+            let file = std::fs::File::from(fd);
+            std::os::unix::fs::FileExt::write_all_at(&file, data, 0)?;
+            let (sec, nsec) = entry.stamp.mtime;
+            fsat::set_mtime(parent_fd, &name, sec, nsec)
+        }
+        What::Symlink(target) => {
+            if current.is_some() {
+                fsat::unlink(parent_fd, &name, false)?;
+            }
+            fsat::symlink(target, parent_fd, &name)?;
+            fsat::lchown(parent_fd, &name, uid, gid)
+        }
+        What::Fifo => {
+            if current.is_none() {
+                fsat::mkfifo(parent_fd, &name, 0o600)?;
+            }
+            // Through a descriptor of the FIFO itself: a link swapped in since is refused.
+            let fd = fsat::open(parent_fd, &name, libc::O_PATH, 0)?;
+            if fsat::kind(&fsat::fstat(&fd)?) != libc::S_IFIFO {
+                return Err(io::Error::other("no longer a FIFO"));
+            }
+            fsat::own_and_mode_path(&fd, uid, gid, entry.mode)
+        }
+        // Sockets and devices are not made again.
+        What::Other => Ok(()),
+    }
+}
+
+/// What the verification reports of the store: one finding per checkpoint held.
+pub fn findings(store: &Mutex<Store>) -> Vec<String> {
+    let store = store.lock().unwrap_or_else(PoisonError::into_inner);
+    store
+        .checkpoints
+        .iter()
+        .map(|c| format!("checkpoint:{}", c.label))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn tree() -> (String, Tenant) {
+        let dir = std::env::temp_dir().join(format!(
+            "sandpool-ckpt-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        // SAFETY: plain calls.
+        let tenant = Tenant {
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+        };
+        (dir.to_str().unwrap().to_string(), tenant)
+    }
+
+    #[test]
+    fn take_change_restore() {
+        let (root, tenant) = tree();
+        let p = |s: &str| format!("{root}/{s}");
+        std::fs::write(p("a.txt"), b"hello").unwrap();
+        std::fs::create_dir(p("d")).unwrap();
+        std::fs::write(p("d/b.bin"), [0u8, 1, 2, 255]).unwrap();
+        symlink("/etc/passwd", p("link")).unwrap();
+        let mode_then = std::fs::metadata(p("d/b.bin"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        let mut store = Store::default();
+        let t = take(&mut store, "c1", 1 << 20, &root).unwrap();
+        assert_eq!(t.entries, 5);
+        assert_eq!(t.read_bytes, 9);
+        // Nothing changed: nothing read.
+        let t2 = take(&mut store, "c2", 1 << 20, &root).unwrap();
+        assert_eq!(t2.read_bytes, 0);
+        std::fs::write(p("a.txt"), b"damaged").unwrap();
+        std::fs::set_permissions(p("d/b.bin"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(p("link")).unwrap();
+        symlink("/", p("link")).unwrap();
+        std::fs::write(p("new"), b"x").unwrap();
+        std::fs::rename(p("d"), p("e")).unwrap();
+        let now = walk_root(&root, u64::MAX, None).unwrap();
+        let ch = changes(&store.checkpoints[1].manifest, &now);
+        assert_eq!(ch.added, vec!["e", "e/b.bin", "new"]);
+        assert_eq!(ch.modified, vec!["a.txt", "link"]);
+        assert_eq!(ch.removed, vec!["d", "d/b.bin"]);
+        let r = restore(&mut store, "c1", &root, tenant).unwrap();
+        assert_eq!(r.dropped, vec!["c2"]);
+        assert_eq!(std::fs::read(p("a.txt")).unwrap(), b"hello");
+        assert_eq!(std::fs::read(p("d/b.bin")).unwrap(), [0u8, 1, 2, 255]);
+        assert!(!std::path::Path::new(&p("new")).exists());
+        assert!(!std::path::Path::new(&p("e")).exists());
+        assert_eq!(
+            std::fs::read_link(p("link")).unwrap().to_str(),
+            Some("/etc/passwd")
+        );
+        assert_eq!(
+            std::fs::metadata(p("d/b.bin"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            mode_then
+        );
+        let now = walk_root(&root, u64::MAX, None).unwrap();
+        let ch = changes(&store.checkpoints[0].manifest, &now);
+        assert!(ch.added.is_empty() && ch.removed.is_empty(), "{ch:?}");
+        assert!(restore(&mut store, "c2", &root, tenant).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn bounds_hold() {
+        let (root, _) = tree();
+        std::fs::write(format!("{root}/big"), vec![7u8; 4096]).unwrap();
+        let mut store = Store::default();
+        assert_eq!(
+            take(&mut store, "c", 1024, &root).unwrap_err().0,
+            "too_large"
+        );
+        assert_eq!(store.len(), 0);
+        // Two checkpoints of different contents do not both fit: the older goes.
+        let t = take(&mut store, "a", 6000, &root).unwrap();
+        assert!(t.dropped.is_empty());
+        std::fs::write(format!("{root}/big"), vec![8u8; 4096]).unwrap();
+        let t = take(&mut store, "b", 6000, &root).unwrap();
+        assert_eq!(t.dropped, vec!["a"]);
+        assert!(store.bytes <= 6000);
+        store.clear();
+        assert_eq!((store.len(), store.bytes), (0, 0));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
