@@ -47,6 +47,9 @@ pub struct Metrics {
     api_errors: Family<CodeLabel, Counter>,
     ownership_events: Family<EventLabel, Counter>,
     bus_up: Gauge,
+    checkpoint_seconds: Family<OutcomeLabel, Histogram>,
+    undo_seconds: Family<OutcomeLabel, Histogram>,
+    file_bytes: Family<EventLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,6 +165,24 @@ impl Metrics {
             "1 while this replica's hand-over bus subscription is up",
             bus_up.clone(),
         );
+        let checkpoint_seconds = outcome_histograms();
+        registry.register(
+            "checkpoint_seconds",
+            "Checkpoints of a workspace before a tool call, by outcome: ok, too_large, busy, error",
+            checkpoint_seconds.clone(),
+        );
+        let undo_seconds = outcome_histograms();
+        registry.register(
+            "undo_seconds",
+            "Undos (restores of a checkpoint), by outcome: ok, busy, not_found, error",
+            undo_seconds.clone(),
+        );
+        let file_bytes = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "file_bytes",
+            "File bytes moved through the file API, by event: upload (written) and download (read)",
+            file_bytes.clone(),
+        );
         registry.register_collector(Box::new(GateCounters { gate }));
         Arc::new(Self {
             registry,
@@ -180,7 +201,31 @@ impl Metrics {
             api_errors,
             ownership_events,
             bus_up,
+            checkpoint_seconds,
+            undo_seconds,
+            file_bytes,
         })
+    }
+
+    /// A checkpoint was taken (`ok`) or not (its error code) in `took`.
+    pub fn checkpoint_done(&self, outcome: &'static str, took: Duration) {
+        self.checkpoint_seconds
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(took.as_secs_f64());
+    }
+
+    /// An undo ended with `outcome` (`ok` or its error code) after `took`.
+    pub fn undo_done(&self, outcome: &'static str, took: Duration) {
+        self.undo_seconds
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(took.as_secs_f64());
+    }
+
+    /// `bytes` of file content moved: `event` is `upload` or `download`.
+    pub fn file_bytes(&self, event: &'static str, bytes: u64) {
+        self.file_bytes
+            .get_or_create(&EventLabel { event })
+            .inc_by(bytes);
     }
 
     /// A socket got its `session` after `took`.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::handlers::Refusal;
-use super::workspace::{SOCKET_CHUNK_BYTES, hex_sha256, workspace_path};
+use super::workspace::{Before, SOCKET_CHUNK_BYTES, hex_sha256, workspace_path};
 use super::*;
 use crate::audit::Origin;
 use crate::session::now_ms;
@@ -200,7 +200,13 @@ pub(super) async fn on_fs_write(
         let sha256 = hex_sha256(Sha256::digest(&content));
         let bytes = content.len();
         let started_ms = now_ms();
-        let before = api.checkpoint_before(&conn.session_id, &call_id).await;
+        // A slice past the start of a file (`offset` > 0) continues a write whose first
+        // slice took the checkpoint: undoing that one takes the whole file back. A checkpoint
+        // per slice would store every partial version of the file.
+        let before = match req.offset {
+            Some(offset) if offset > 0 => Before::Off,
+            _ => api.checkpoint_before(&conn.session_id, &call_id).await,
+        };
         let written = match req.offset {
             Some(offset) => api
                 .write_at(&conn.session_id, &rel, offset, content, mode)

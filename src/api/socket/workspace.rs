@@ -109,7 +109,18 @@ impl SocketApi {
         if max == 0 {
             return Before::Off;
         }
-        match self.sessions.checkpoint(session_id, call_id, max).await {
+        let started = std::time::Instant::now();
+        let result = self.sessions.checkpoint(session_id, call_id, max).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => match ApiError::from(e).code {
+                ErrorCode::TooLarge => "too_large",
+                ErrorCode::Busy => "busy",
+                _ => "error",
+            },
+        };
+        self.metrics.checkpoint_done(outcome, started.elapsed());
+        match result {
             Ok(taken) => {
                 tracing::debug!(%session_id, call_id, entries = taken.entries, read_bytes = taken.read_bytes, store_bytes = taken.store_bytes, "checkpoint taken");
                 Before::Taken
@@ -172,11 +183,21 @@ impl SocketApi {
             ));
         }
         let started_ms = now_ms();
+        let started = std::time::Instant::now();
         let result = self
             .sessions
             .undo(session_id, call_id)
             .await
             .map_err(|e| ApiError::from(&e));
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => match e.code {
+                ErrorCode::Busy => "busy",
+                ErrorCode::NotFound => "not_found",
+                _ => "error",
+            },
+        };
+        self.metrics.undo_done(outcome, started.elapsed());
         let (decision, decided_by) = match origin {
             Origin::Mcp => (Decision::Automatic, "agent"),
             _ => (Decision::Approved, "user"),
@@ -422,6 +443,7 @@ impl SocketApi {
                 to: rel.into(),
             };
             self.file::<Done>(session_id, rename, Vec::new()).await?;
+            self.metrics.file_bytes("upload", total);
             Ok((total, hex_sha256(hasher.finalize())))
         }
         .await;
@@ -484,6 +506,7 @@ impl SocketApi {
                     if data.len() != want {
                         return Err(std::io::Error::other("the file changed while it was read"));
                     }
+                    api.metrics.file_bytes("download", want as u64);
                     Ok(Bytes::from(data))
                 }
             })
