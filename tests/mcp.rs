@@ -62,7 +62,14 @@ async fn mcp_tools_run_in_the_tokens_session_as_the_user_approves() {
     names.sort();
     assert_eq!(
         names,
-        ["delete_path", "exec", "list_dir", "read_file", "write_file"]
+        [
+            "delete_path",
+            "exec",
+            "list_dir",
+            "read_file",
+            "undo",
+            "write_file"
+        ]
     );
     for t in &tools {
         let read_only = t.annotations.as_ref().and_then(|a| a.read_only_hint);

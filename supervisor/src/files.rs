@@ -108,7 +108,7 @@ fn open_beneath(
 fn beneath_error(rel: &str, e: io::Error) -> (&'static str, String) {
     match e.raw_os_error() {
         Some(libc::EXDEV) | Some(libc::ELOOP) => {
-            ("bad_request", format!("{rel:?} leads out of the workspace"))
+            ("bad_request", format!("{rel:?} leads outside /workspace"))
         }
         _ => (sys::io_code(&e), format!("{rel}: {e}")),
     }

@@ -54,7 +54,7 @@ pub(crate) fn workspace_path(path: &str) -> Result<String, ApiError> {
         rest
     } else if path.starts_with('/') {
         return Err(ApiError::bad_request(format!(
-            "{path:?} is outside the workspace: paths are relative to {WORKSPACE}"
+            "{path:?} is outside {WORKSPACE}: paths are relative to it"
         )));
     } else {
         path
@@ -65,7 +65,7 @@ pub(crate) fn workspace_path(path: &str) -> Result<String, ApiError> {
             "" | "." => {}
             ".." => {
                 return Err(ApiError::bad_request(format!(
-                    "{path:?}: '..' is not allowed in a workspace path"
+                    "{path:?} leads outside {WORKSPACE} ('..' is not allowed in a workspace path)"
                 )));
             }
             part => parts.push(part),
@@ -366,51 +366,52 @@ impl SocketApi {
             let mut ended = false;
             // The first piece makes the file (and its parents) before any other is sent.
             let mut first = true;
-            while !ended || !buf.is_empty() || first {
-                if !ended && buf.len() < PIECE_BYTES {
-                    match body.next().await {
+            loop {
+                // Send every whole piece there is room for (the rest of the body at its end).
+                while in_flight.len() < PIPELINE
+                    && (buf.len() >= PIECE_BYTES || (ended && (!buf.is_empty() || first)))
+                {
+                    let piece = buf.split_to(buf.len().min(PIECE_BYTES)).to_vec();
+                    let request = FileRequest::Write {
+                        path: temp.clone(),
+                        append: false,
+                        mode,
+                        offset: Some(offset),
+                        parents: first,
+                    };
+                    offset += piece.len() as u64;
+                    if first {
+                        first = false;
+                        self.file::<Written>(session_id, request, piece).await?;
+                    } else {
+                        in_flight.push(self.file::<Written>(session_id, request, piece));
+                    }
+                }
+                if ended && buf.is_empty() && !first {
+                    break;
+                }
+                // Pieces in flight complete while the body is read.
+                tokio::select! {
+                    Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                        done?;
+                    }
+                    chunk = body.next(), if !ended && buf.len() < 2 * PIECE_BYTES => match chunk {
                         Some(Ok(chunk)) => {
                             total += chunk.len() as u64;
                             if total > max {
                                 return Err(ApiError::new(
                                     ErrorCode::TooLarge,
-                                    format!(
-                                        "the file is over SANDPOOL_FILE_MAX_BYTES ({max} bytes)"
-                                    ),
+                                    format!("the file is over SANDPOOL_FILE_MAX_BYTES ({max} bytes)"),
                                 ));
                             }
                             hasher.update(&chunk);
                             buf.extend_from_slice(&chunk);
-                            continue;
                         }
                         Some(Err(e)) => {
-                            return Err(ApiError::bad_request(format!(
-                                "the upload broke off: {e}"
-                            )));
+                            return Err(ApiError::bad_request(format!("the upload broke off: {e}")));
                         }
                         None => ended = true,
-                    }
-                }
-                let piece = buf.split_to(buf.len().min(PIECE_BYTES)).to_vec();
-                let len = piece.len() as u64;
-                let request = FileRequest::Write {
-                    path: temp.clone(),
-                    append: false,
-                    mode,
-                    offset: Some(offset),
-                    parents: first,
-                };
-                offset += len;
-                if first {
-                    first = false;
-                    self.file::<Written>(session_id, request, piece).await?;
-                } else {
-                    in_flight.push(self.file::<Written>(session_id, request, piece));
-                    if in_flight.len() >= PIPELINE
-                        && let Some(done) = in_flight.next().await
-                    {
-                        done?;
-                    }
+                    },
                 }
             }
             while let Some(done) = in_flight.next().await {
