@@ -4,7 +4,10 @@
 //   firstexec <n> <concurrency> connect → ack of a first `exec true`, in waves
 //   churn <seconds> <workers>   sessions that connect, exec once and end, back to back
 //   hold <n>                    opens n sessions, prints {"held": n}, then waits for stdin EOF
-//   rtt <n>                     one session, n sequential `exec true`: each ack's round trip
+//   rtt <n> [setup]             one session, n sequential `exec true`: each ack's round trip
+//                               (after `setup`, a shell command run once first, if given)
+//   fsio <mib> <chunkMiB> <rounds>  one session: a <mib> MiB file written with `fs:write` and
+//                               read back with `fs:read` in chunks (with `offset`), per round
 //   cycle <n>                   n sessions one at a time: connect → exec `echo hi` → end acked
 "use strict";
 const { io } = require("socket.io-client");
@@ -106,9 +109,13 @@ async function hold(n) {
 }
 
 // Round trips of `exec true` in one live session, one at a time.
-async function rtt(n) {
+async function rtt(n, setup) {
   const s = open();
   await once(s, "session");
+  if (setup) {
+    const r = await s.timeout(300000).emitWithAck("exec", { command: setup, timeoutMs: 120000 });
+    if (!r.ok || r.exitCode !== 0) throw new Error(`setup failed: ${JSON.stringify(r).slice(0, 500)}`);
+  }
   const samples = [];
   let failures = 0;
   for (let i = 0; i < n; i++) {
@@ -119,6 +126,56 @@ async function rtt(n) {
   await s.timeout(60000).emitWithAck("session:end");
   s.disconnect();
   return { rttMs: samples, failures };
+}
+
+// Files through Socket.IO: `fs:write` of a <mib> MiB file in <chunk> MiB binary chunks (the
+// first without `offset`, which creates the file; then each at its offset), then `fs:read`
+// of it in slices of the same size; the SHA-256 of what came back is checked after the clock
+// stops. The file is deleted after each round (not timed).
+async function fsio(mib, chunkMiB, rounds) {
+  const crypto = require("node:crypto");
+  const size = mib * 1024 * 1024;
+  const chunk = Math.floor(chunkMiB * 1024 * 1024);
+  const data = crypto.randomBytes(size);
+  const want = crypto.createHash("sha256").update(data).digest("hex");
+  const s = open();
+  await once(s, "session");
+  const uploadMs = [], downloadMs = [];
+  const checkpoints = { taken: 0, none: 0, errors: {} };
+  const path = "bench/fsio.bin";
+  const ack = async (ev, payload) => {
+    const r = await s.timeout(120000).emitWithAck(ev, payload);
+    if (!r.ok) throw new Error(`${ev}: ${JSON.stringify(r.error)}`);
+    return r;
+  };
+  for (let round = 0; round < rounds; round++) {
+    let t0 = now();
+    for (let off = 0; off < size; off += chunk) {
+      const content = data.subarray(off, Math.min(off + chunk, size));
+      const r = await ack("fs:write", off === 0 ? { path, content } : { path, content, offset: off });
+      if (r.checkpoint) checkpoints.taken++;
+      else {
+        checkpoints.none++;
+        const code = (r.checkpointError && r.checkpointError.code) || "off";
+        checkpoints.errors[code] = (checkpoints.errors[code] || 0) + 1;
+      }
+    }
+    uploadMs.push(now() - t0);
+    const parts = [];
+    t0 = now();
+    for (let off = 0; off < size; off += chunk) {
+      const r = await ack("fs:read", { path, offset: off, length: Math.min(chunk, size - off) });
+      parts.push(Buffer.from(r.content));
+    }
+    downloadMs.push(now() - t0);
+    const got = Buffer.concat(parts);
+    const sha = crypto.createHash("sha256").update(got).digest("hex");
+    if (got.length !== size || sha !== want) throw new Error(`fs:read returned ${got.length} bytes, sha ${sha}, want ${size} bytes, sha ${want}`);
+    await ack("fs:delete", { path });
+  }
+  await s.timeout(60000).emitWithAck("session:end");
+  s.disconnect();
+  return { bytes: size, chunkBytes: chunk, uploadMs, downloadMs, checkpoints };
 }
 
 // Whole sessions one at a time: connect → `session` → exec `echo hi` → `session:end` acked.
@@ -150,7 +207,8 @@ async function cycle(n) {
   else if (mode === "firstexec") out = await waves(Number(a), Number(b), true);
   else if (mode === "churn") out = await churn(Number(a), Number(b));
   else if (mode === "hold") out = await hold(Number(a));
-  else if (mode === "rtt") out = await rtt(Number(a));
+  else if (mode === "rtt") out = await rtt(Number(a), b);
+  else if (mode === "fsio") out = await fsio(Number(a), Number(b), Number(process.argv[6] || 1));
   else if (mode === "cycle") out = await cycle(Number(a));
   else throw new Error(`unknown mode ${mode}`);
   if (out) console.log(JSON.stringify(out));

@@ -2,9 +2,15 @@
 //! against the real Docker engine and a real Redis, with a cold `docker create + start +
 //! first exec` of the same image measured in the same run as the baseline. Prints a table,
 //! writes `bench-results/results.json`, and draws latency CDFs (`bench/plot.py`).
+//!
+//! `cargo bench --bench sandpool -- files` (or `scripts/bench files`) runs only the files and
+//! undo figures (`figures/files.rs`) and writes `bench-results/files.json`; `-- files quick`
+//! runs them once in a reduced form, to check that they work.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "figures/files.rs"]
+mod files_figures;
 #[path = "figures/mcp.rs"]
 mod mcp_figures;
 
@@ -382,7 +388,9 @@ fn fmt_lat(v: &Value) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // `cargo bench` passes `--bench`; nothing else is taken.
+    // `cargo bench` passes `--bench`; `files` (and `quick`) after `--` select the files
+    // figures alone.
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
     std::fs::create_dir_all(&out_dir).unwrap();
     let image = "sandpool/sandbox:latest";
@@ -390,6 +398,36 @@ async fn main() {
         .map(|n| n.get())
         .unwrap_or(0);
     let docker_version = docker(&["version", "--format", "{{.Server.Version}}"]);
+    if args.iter().any(|a| a == "files") {
+        let quick = args.iter().any(|a| a == "quick");
+        let files = files_figures::files_figures(quick).await;
+        let report = json!({
+            "conditions": {
+                "machine": format!("{cores} cores"),
+                "docker": docker_version,
+                "image": image,
+                "build": "release",
+            },
+            "files": files,
+        });
+        let path = out_dir.join("files.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        println!();
+        println!(
+            "sandpool benchmark, files and undo — {cores} cores, Docker {docker_version}, image {image}, release build{}",
+            if quick {
+                ", quick (reduced counts)"
+            } else {
+                ""
+            }
+        );
+        println!("{}", "-".repeat(110));
+        row("figure", "value".into(), "conditions");
+        files_figures::print(&report["files"]);
+        println!("{}", "-".repeat(110));
+        println!("JSON: {}", path.display());
+        return;
+    }
     eprintln!("bench: cold baseline…");
     let cold = cold_baseline(30).await;
     eprintln!("bench: refill rate…");
@@ -559,6 +597,8 @@ async fn main() {
     let load_double = artillery_run("loadtest/chat-2x.yml", &redis_url, "220", "300", "60").await;
     eprintln!("bench: the MCP endpoint and the audit trail…");
     let mcp = mcp_figures::mcp_figures(&redis_url).await;
+    eprintln!("bench: files in and out, checkpoints and undo…");
+    let files = files_figures::files_figures(false).await;
 
     let cold_p50 = cold["p50"].as_f64().unwrap_or(f64::NAN);
     let warm20 = &handout["c20"];
@@ -594,6 +634,7 @@ async fn main() {
         "churn": {"result": churn, "workers": churn_workers, "peak_pool_total": peak_total.load(std::sync::atomic::Ordering::Relaxed), "docker_calls": churn_calls, "docker_calls_per_session": churn_calls_per_session},
         "memory": memory,
         "mcp": mcp,
+        "files": files,
     });
     let path = out_dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
@@ -719,6 +760,7 @@ async fn main() {
         ),
         "socket.io exec true, two services alternated 3×200; target ≤ 1.05×",
     );
+    files_figures::print(&report["files"]);
     row(
         "session cycle connect→exec→end",
         fmt_lat(&cycle["cycle"]),
