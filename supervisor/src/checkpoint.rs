@@ -43,6 +43,28 @@ const STACK: usize = 64 << 20;
 type Hash = [u8; 32];
 type Fail = (&'static str, String);
 
+/// A hasher for keys that are random already (SHA-256 digests) or nearly so (inode numbers):
+/// their own first 8 bytes. SipHash on every file of every walk costs more than the lookup.
+#[derive(Default)]
+struct KeyBits(u64);
+
+impl std::hash::Hasher for KeyBits {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*b) << (8 * i);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Inode numbers are small and sequential: spread them over the table.
+        self.0 ^= n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyBits>>;
+
 /// The inode, size, mtime and ctime of a file: unchanged when all four are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
@@ -111,9 +133,9 @@ struct Blob {
 #[derive(Default)]
 pub struct Store {
     checkpoints: Vec<Checkpoint>,
-    blobs: HashMap<Hash, Blob>,
-    /// Path → the stamp and hash of the file as the last `take` saw it.
-    seen: HashMap<Vec<u8>, (Stamp, Hash)>,
+    blobs: FastMap<Hash, Blob>,
+    /// Inode → the stamp and hash of the file as the last `take` saw it.
+    seen: FastMap<u64, (Stamp, Hash)>,
     bytes: u64,
 }
 
@@ -290,9 +312,8 @@ impl Walk<'_> {
 
     fn dir(&mut self, dir: &OwnedFd, prefix: &[u8]) -> Result<(), Fail> {
         let names = fsat::names(dir).map_err(|e| io_fail(&show(prefix), e))?;
-        for name in names {
-            let Ok(c) = fsat::name(&name) else { continue };
-            let path = join(prefix, &name);
+        for c in names {
+            let path = join(prefix, c.to_bytes());
             let st = match fsat::lstat(dir.as_raw_fd(), &c) {
                 Ok(st) => st,
                 // Gone since it was listed: not there.
@@ -402,18 +423,18 @@ fn take(store: &mut Store, label: &str, max_bytes: u64, root: &str) -> Result<Ta
         let old = store.checkpoints.remove(at);
         store.release(old);
     }
-    let mut fresh: HashMap<Hash, Vec<u8>> = HashMap::new();
-    let mut seen: HashMap<Vec<u8>, (Stamp, Hash)> = HashMap::new();
+    let mut fresh: FastMap<Hash, Vec<u8>> = FastMap::default();
+    let mut seen: FastMap<u64, (Stamp, Hash)> = FastMap::default();
     let mut read_bytes = 0u64;
     let manifest = {
         let (blobs, old_seen) = (&store.blobs, &store.seen);
         let mut read = |dir: RawFd, name: &std::ffi::CStr, st: &libc::stat, path: &[u8]| {
             let stamp = Stamp::of(st);
-            if let Some((was, hash)) = old_seen.get(path)
+            if let Some((was, hash)) = old_seen.get(&stamp.ino)
                 && *was == stamp
                 && (blobs.contains_key(hash) || fresh.contains_key(hash))
             {
-                seen.insert(path.to_vec(), (stamp, *hash));
+                seen.insert(stamp.ino, (stamp, *hash));
                 return Ok(*hash);
             }
             let room = max_bytes.saturating_sub(read_bytes);
@@ -422,7 +443,7 @@ fn take(store: &mut Store, label: &str, max_bytes: u64, root: &str) -> Result<Ta
             }
             let data = read_file(dir, name, path, room)?;
             let hash: Hash = Sha256::digest(&data).into();
-            seen.insert(path.to_vec(), (stamp, hash));
+            seen.insert(stamp.ino, (stamp, hash));
             if !blobs.contains_key(&hash) && !fresh.contains_key(&hash) {
                 read_bytes += data.len() as u64;
                 fresh.insert(hash, data);

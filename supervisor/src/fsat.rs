@@ -67,7 +67,7 @@ pub fn readlink(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
 
 /// The names in the directory `dir` is open on (without `.` and `..`), read through a
 /// duplicate of it so that `dir` stays usable.
-pub fn names(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+pub fn names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
     // SAFETY: fcntl on an owned descriptor; the duplicate is owned at once.
     let dup = cvt(unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
     let dup = unsafe { OwnedFd::from_raw_fd(dup) };
@@ -93,9 +93,9 @@ pub fn names(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
             };
         }
         // SAFETY: a non-null entry is valid until the next readdir; its name ends in NUL.
-        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
-        if name != b"." && name != b".." {
-            names.push(name.to_vec());
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name.to_owned());
         }
     };
     // SAFETY: closes the stream and its descriptor once.
