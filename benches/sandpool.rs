@@ -251,6 +251,7 @@ async fn command_rtt(runs: usize) -> Value {
         output_limit: 1024,
         retain_output: true,
         stdin: Vec::new(),
+        checkpoint: None,
     };
     let mut supervisor = Vec::new();
     for _ in 0..runs {

@@ -141,6 +141,7 @@ fn fake_frame_mix(ids: std::ops::RangeInclusive<u64>) -> Vec<u8> {
                     signal: None,
                     timed_out: false,
                     killed: false,
+                    checkpoint: None,
                 },
             )
             .encode(),

@@ -31,6 +31,9 @@ use crate::docker::{AttachChunk, Attached};
 /// Extra time past a command's own timeout before a silent supervisor counts as hung: the
 /// supervisor kills at the timeout and reports at once, so this only covers scheduling.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
+/// Extra time for a command with a checkpoint: the supervisor's walk before it and after it
+/// each give up after 10 s.
+const CHECKPOINT_GRACE: Duration = Duration::from_secs(25);
 
 /// Why a supervisor request failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,6 +93,9 @@ pub struct CommandSpec {
     pub retain_output: bool,
     /// Written to the command's stdin, which is then closed.
     pub stdin: Vec<u8>,
+    /// A checkpoint of the workspace the supervisor takes right before the command starts
+    /// (reported, with the command's changes, in `CommandOutput::checkpoint`).
+    pub checkpoint: Option<proto::ExecCheckpoint>,
 }
 
 impl CommandSpec {
@@ -106,6 +112,7 @@ impl CommandSpec {
             output_limit,
             retain_output: true,
             stdin: Vec::new(),
+            checkpoint: None,
         }
     }
 }
@@ -120,6 +127,8 @@ pub struct CommandOutput {
     pub stderr: Vec<u8>,
     pub truncated: bool,
     pub timed_out: bool,
+    /// What became of the checkpoint the spec asked for.
+    pub checkpoint: Option<proto::CheckpointReport>,
 }
 
 /// Called once when a link dies while in use: `(container_id, why)`.
@@ -487,17 +496,24 @@ impl SupervisorLink {
             cwd: spec.cwd.clone(),
             timeout_ms: spec.timeout.as_millis() as u64,
             window: proto::DEFAULT_WINDOW_BYTES,
+            checkpoint: spec.checkpoint.clone(),
         };
         self.send(
             &Frame::with_head(Kind::Exec, id, &request).body(spec.stdin.clone()),
             generation,
         )?;
-        let budget = spec.timeout + EXIT_GRACE;
+        // A checkpoint's two walks (before and after) each stop at the supervisor's deadline.
+        let walks = if spec.checkpoint.is_some() {
+            CHECKPOINT_GRACE
+        } else {
+            Duration::ZERO
+        };
+        let budget = spec.timeout + EXIT_GRACE + walks;
         let started = Instant::now();
         let deadline = started + budget;
         // A sink still full at the command's own timeout is given up on, so that the grace
         // stays for the supervisor's `Exit`.
-        let sink_deadline = started + spec.timeout;
+        let sink_deadline = started + spec.timeout + walks / 2;
         let mut sink = sink;
         let mut out = CommandOutput::default();
         // Bytes taken of each stream so far (stdout, stderr), kept or only streamed.
@@ -516,6 +532,7 @@ impl SupervisorLink {
                     out.exit_code = status.code;
                     out.signal = status.signal;
                     out.timed_out = status.timed_out;
+                    out.checkpoint = status.checkpoint;
                     return Ok(out);
                 }
                 Kind::Error => {

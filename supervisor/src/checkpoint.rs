@@ -23,7 +23,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use sandpool_supervisor::proto::{Changes, CheckpointRequest, Done, Frame, Restored, Taken};
+use sandpool_supervisor::proto::{
+    Changes, CheckpointReport, CheckpointRequest, Done, ExecCheckpoint, Failure, Frame, Restored,
+    Taken,
+};
 use sha2::{Digest, Sha256};
 
 use crate::{Ctx, Reply, Tenant, fsat};
@@ -199,6 +202,51 @@ pub fn start(ctx: &Arc<Ctx>, frame: Frame) {
             .unwrap_or_else(PoisonError::into_inner);
         run(&thread_ctx, &mut store, req, crate::files::WORKSPACE)
     });
+}
+
+/// The checkpoint an `Exec` asks for, taken on the command's thread before it starts: how
+/// long it took, or why there is none.
+pub fn take_for_exec(ctx: &Ctx, spec: &ExecCheckpoint) -> (u64, Result<(), Failure>) {
+    let started = Instant::now();
+    let mut store = ctx
+        .checkpoints
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let result = take(
+        &mut store,
+        &spec.label,
+        spec.max_bytes,
+        crate::files::WORKSPACE,
+    )
+    .map(|_| ())
+    .map_err(|(code, message)| Failure {
+        code: code.to_string(),
+        message,
+    });
+    (started.elapsed().as_micros() as u64, result)
+}
+
+/// The `Exit`'s report of an `Exec`'s checkpoint: with what the command changed.
+pub fn after_exec(
+    ctx: &Ctx,
+    spec: &ExecCheckpoint,
+    (take_micros, taken): (u64, Result<(), Failure>),
+) -> CheckpointReport {
+    let changes = taken.is_ok().then(|| {
+        let store = ctx
+            .checkpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let then = Arc::clone(&store.checkpoints[store.position(&spec.label)?].manifest);
+        drop(store);
+        let now = walk_root(crate::files::WORKSPACE, u64::MAX, None).ok()?;
+        Some(changes(&then, &now))
+    });
+    CheckpointReport {
+        error: taken.err(),
+        take_micros,
+        changes: changes.flatten(),
+    }
 }
 
 fn run(ctx: &Ctx, store: &mut Store, req: CheckpointRequest, root: &str) -> Reply {

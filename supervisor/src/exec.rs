@@ -166,7 +166,16 @@ pub fn start(ctx: &Arc<Ctx>, frame: Frame) {
         .spawn(move || {
             let (ctx, control) = (thread_ctx, thread_control);
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                run(&ctx, id, plan, &req, body, &control)
+                // The checkpoint comes first: nothing of the command is in it.
+                let taken = req
+                    .checkpoint
+                    .as_ref()
+                    .map(|c| crate::checkpoint::take_for_exec(&ctx, c));
+                let mut status = run(&ctx, id, plan, &req, body, &control)?;
+                if let (Some(spec), Some(taken)) = (&req.checkpoint, taken) {
+                    status.checkpoint = Some(crate::checkpoint::after_exec(&ctx, spec, taken));
+                }
+                Ok(status)
             }));
             ctx.execs.forget(id, &control);
             match outcome {
@@ -358,6 +367,7 @@ fn run(
     drop(stdin);
     let status = wait(&mut child).map_err(|e| ("io", format!("waitpid: {e}")))?;
     Ok(ExitStatus {
+        checkpoint: None,
         code: status.code(),
         signal: status.signal(),
         timed_out,

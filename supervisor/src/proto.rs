@@ -239,6 +239,29 @@ pub struct ExecRequest {
     pub timeout_ms: u64,
     /// Output bytes that may be sent before the first `Credit`.
     pub window: u32,
+    /// A checkpoint of the workspace to take right before the command starts; the `Exit`
+    /// then reports it and what the command changed (one round trip, not three).
+    #[serde(default)]
+    pub checkpoint: Option<ExecCheckpoint>,
+}
+
+/// The checkpoint an `Exec` asks for: as `CheckpointRequest::Take`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecCheckpoint {
+    pub label: String,
+    pub max_bytes: u64,
+}
+
+/// What became of an `Exec`'s checkpoint, in its `Exit`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Why none was taken (`too_large`, `busy`...); `None` when it was.
+    pub error: Option<Failure>,
+    /// How long the take took, in microseconds.
+    pub take_micros: u64,
+    /// What the command changed (`None` when no checkpoint was taken or the walk failed).
+    pub changes: Option<Changes>,
 }
 
 /// Head of `Started`.
@@ -258,6 +281,9 @@ pub struct ExitStatus {
     pub timed_out: bool,
     /// It was killed on the host's `Kill`.
     pub killed: bool,
+    /// The checkpoint the request asked for, if it did.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointReport>,
 }
 
 /// What a `File` request does. Paths are absolute, or relative to the workspace.

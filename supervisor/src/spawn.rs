@@ -184,6 +184,7 @@ mod tests {
             cwd: cwd.into(),
             timeout_ms: 1000,
             window: 1024,
+            checkpoint: None,
         }
     }
 

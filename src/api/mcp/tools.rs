@@ -159,10 +159,6 @@ impl Tools {
             None => (None, None),
         };
         let socket = self.api.socket_of(&call.session_id);
-        let before = self
-            .api
-            .checkpoint_before(&call.session_id, &call.call_id)
-            .await;
         let result = self
             .api
             .run_spec(socket, &call.session_id, &call.call_id, &spec, also)
@@ -170,15 +166,11 @@ impl Tools {
         if let Some(task) = task {
             let _ = task.await;
         }
-        let mut checkpoint = json!({});
-        self.api
-            .checkpoint_after(&call.session_id, &call.call_id, before, &mut checkpoint)
-            .await;
         let out = match result {
             Ok(out) => out,
             Err(e) => {
                 let mut body = error_result(&e);
-                merge(&mut body, &checkpoint);
+                body["checkpoint"] = Value::Null;
                 self.tell_result(&call, body);
                 self.audit(&call, "error", None, &[], &[]);
                 return Ok(failed(&e));
@@ -187,11 +179,10 @@ impl Tools {
         self.audit(&call, out.status, out.exit_code, &out.stdout, &out.stderr);
         let mut told =
             json!({"status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms});
-        merge(&mut told, &checkpoint);
+        out.add_checkpoint(&mut told);
         self.tell_result(&call, told);
         let mut result = out.to_json();
         result["callId"] = json!(call.call_id);
-        merge(&mut result, &checkpoint);
         let text = ContentBlock::text(result.to_string());
         Ok(if out.status == "timeout" {
             CallToolResult::error(vec![text])
@@ -393,15 +384,6 @@ impl Tools {
                 self.tell_result(&call, error_result(&e));
                 Ok(failed(&e))
             }
-        }
-    }
-}
-
-/// Copies the fields of `extra` (an object) into `body` (an object).
-fn merge(body: &mut Value, extra: &Value) {
-    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            body.insert(k.clone(), v.clone());
         }
     }
 }

@@ -242,7 +242,6 @@ pub(super) async fn exec_request(
     let permit = api.permit(&conn)?;
     let call_id = new_call_id();
     let started_ms = now_ms();
-    let before = api.checkpoint_before(&conn.session_id, &call_id).await;
     let result = api
         .run(socket, &conn, &call_id, &req.command, req.timeout)
         .await;
@@ -258,8 +257,6 @@ pub(super) async fn exec_request(
     let mut body = out.to_json();
     body["ok"] = json!(true);
     body["callId"] = json!(call_id);
-    api.checkpoint_after(&conn.session_id, &call_id, before, &mut body)
-        .await;
     Ok(body)
 }
 
@@ -373,7 +370,6 @@ pub(super) async fn on_approval(
             reply.send(&json!({"ok": true, "callId": call_id}));
             let timeout = api.limits.exec_default_timeout;
             let started_ms = now_ms();
-            let before = api.checkpoint_before(&conn.session_id, &call_id).await;
             let result = api.run(&socket, &conn, &call_id, &command, timeout).await;
             drop(permit);
             api.audit_run(
@@ -383,17 +379,17 @@ pub(super) async fn on_approval(
                 started_ms,
                 &result,
             );
-            let mut body = match result {
+            let body = match result {
                 Ok(out) => {
-                    json!({"callId": call_id, "status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms})
+                    let mut body = json!({"callId": call_id, "status": out.status, "exitCode": out.exit_code, "durationMs": out.duration_ms});
+                    out.add_checkpoint(&mut body);
+                    body
                 }
                 Err(e) => {
                     api.metrics.api_error(e.code.as_str());
                     json!({"callId": call_id, "status": "error", "exitCode": null, "error": {"code": e.code.as_str(), "message": e.message}})
                 }
             };
-            api.checkpoint_after(&conn.session_id, &call_id, before, &mut body)
-                .await;
             let _ = socket.emit("tool:result", &body);
         }
     }

@@ -372,6 +372,15 @@ impl SocketApi {
     ) -> Result<RunOutcome, ApiError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + spec.timeout;
+        // Every command run here is a tool call: the supervisor checkpoints the workspace
+        // right before it, and reports what it changed with its exit.
+        let mut spec = spec.clone();
+        if self.limits.checkpoint_bytes > 0 {
+            spec.checkpoint = Some(sandpool_supervisor::proto::ExecCheckpoint {
+                label: call_id.to_string(),
+                max_bytes: self.limits.checkpoint_bytes,
+            });
+        }
         let (tx, mut rx) = mpsc::channel::<OutputChunk>(16);
         let forward = {
             let call_id = call_id.to_string();
@@ -406,7 +415,7 @@ impl SocketApi {
                 }
             })
         };
-        let result = self.sessions.run_spec(session_id, spec, Some(&tx)).await;
+        let result = self.sessions.run_spec(session_id, &spec, Some(&tx)).await;
         drop(tx);
         let _ = forward.await;
         let out = match result {
@@ -430,6 +439,7 @@ impl SocketApi {
             stderr: out.stderr,
             truncated: out.truncated,
             duration_ms: started.elapsed().as_millis() as u64,
+            checkpoint: self.checkpoint_fields(call_id, out.checkpoint.as_ref()),
         })
     }
 

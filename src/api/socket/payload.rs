@@ -74,20 +74,31 @@ pub(crate) struct RunOutcome {
     pub(crate) stderr: Vec<u8>,
     pub(crate) truncated: bool,
     pub(crate) duration_ms: u64,
+    /// `checkpoint` (and `checkpointError`): see `SocketApi::checkpoint_fields`.
+    pub(crate) checkpoint: serde_json::Map<String, Value>,
 }
 
 impl RunOutcome {
     /// The command's status, exit code, output (lossy UTF-8) and timing, as the `exec` ack
     /// and an MCP `exec` result both carry them.
     pub(crate) fn to_json(&self) -> Value {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "status": self.status,
             "exitCode": self.exit_code,
             "stdout": String::from_utf8_lossy(&self.stdout),
             "stderr": String::from_utf8_lossy(&self.stderr),
             "truncated": self.truncated,
             "durationMs": self.duration_ms,
-        })
+        });
+        self.add_checkpoint(&mut body);
+        body
+    }
+
+    /// Puts the call's `checkpoint` (and `checkpointError`) into `body`, an object.
+    pub(crate) fn add_checkpoint(&self, body: &mut Value) {
+        if let Some(body) = body.as_object_mut() {
+            body.extend(self.checkpoint.clone());
+        }
     }
 }
 

@@ -92,6 +92,16 @@ fn kind_name(kind: FileKind) -> &'static str {
     }
 }
 
+/// A call's changes as the wire has them.
+fn changes_json(c: &crate::session::Changes) -> Value {
+    json!({
+        "added": c.added,
+        "modified": c.modified,
+        "removed": c.removed,
+        "truncated": c.truncated,
+    })
+}
+
 /// Hex of a SHA-256.
 pub(crate) fn hex_sha256(hash: impl AsRef<[u8]>) -> String {
     hex::encode(hash)
@@ -133,6 +143,45 @@ impl SocketApi {
         }
     }
 
+    /// The `checkpoint` fields of a command's result from the supervisor's report of the
+    /// checkpoint it took before the command (see `checkpoint_after`).
+    pub(crate) fn checkpoint_fields(
+        &self,
+        call_id: &str,
+        report: Option<&sandpool_supervisor::proto::CheckpointReport>,
+    ) -> serde_json::Map<String, Value> {
+        let mut fields = serde_json::Map::new();
+        let Some(report) = report else {
+            fields.insert("checkpoint".into(), Value::Null);
+            return fields;
+        };
+        let took = std::time::Duration::from_micros(report.take_micros);
+        match &report.error {
+            Some(failure) => {
+                let outcome = match failure.code.as_str() {
+                    "too_large" => "too_large",
+                    "busy" => "busy",
+                    _ => "error",
+                };
+                self.metrics.checkpoint_done(outcome, took);
+                fields.insert("checkpoint".into(), Value::Null);
+                fields.insert(
+                    "checkpointError".into(),
+                    json!({"code": failure.code, "message": failure.message}),
+                );
+            }
+            None => {
+                self.metrics.checkpoint_done("ok", took);
+                let changes = report.changes.as_ref().map_or(Value::Null, changes_json);
+                fields.insert(
+                    "checkpoint".into(),
+                    json!({"id": call_id, "changes": changes}),
+                );
+            }
+        }
+        fields
+    }
+
     /// Puts the `checkpoint` of a finished call into its result `body` (an object): its id and
     /// what the call changed, or `null` (with `checkpointError` when one could not be taken).
     pub(crate) async fn checkpoint_after(
@@ -150,12 +199,7 @@ impl SocketApi {
             }
             Before::Taken => {
                 let changes = match self.sessions.changes(session_id, call_id).await {
-                    Ok(c) => json!({
-                        "added": c.added,
-                        "modified": c.modified,
-                        "removed": c.removed,
-                        "truncated": c.truncated,
-                    }),
+                    Ok(c) => changes_json(&c),
                     Err(e) => {
                         tracing::info!(%session_id, call_id, error = %e, "the call's changes are unknown");
                         Value::Null
@@ -537,6 +581,7 @@ impl SocketApi {
                 output_limit: usize::MAX,
                 retain_output: false,
                 stdin: Vec::new(),
+                checkpoint: None,
             };
             let (chunks_tx, mut chunks) = mpsc::channel::<crate::session::OutputChunk>(16);
             let run = {
