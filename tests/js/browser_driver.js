@@ -7,6 +7,7 @@
 //   {"do":"policy","approval":NAME}                 emits session:policy (prints the ack)
 //   {"do":"exec","command":CMD}                     the browser's own exec (prints the ack)
 //   {"do":"message","text":TEXT}                    a chat message (prints the ack)
+//   {"do":"emit","event":EV,"data":DATA}            any event with an ack (prints the ack)
 //   {"do":"autoapprove"}                           approves every tool:request from now on
 //   {"do":"leave"}                                  disconnects (the session waits for a resume)
 //   {"do":"resume","approval":NAME?}                reconnects with the resume token
@@ -61,6 +62,11 @@ async function run(cmd) {
     }
     case "message": {
       const ack = await socket.timeout(10000).emitWithAck("message", cmd.text);
+      say("ack", ack);
+      break;
+    }
+    case "emit": {
+      const ack = await socket.timeout(30000).emitWithAck(cmd.event, cmd.data);
       say("ack", ack);
       break;
     }
