@@ -17,6 +17,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -27,6 +28,9 @@ use super::socket::workspace::workspace_path;
 use crate::audit::Origin;
 use crate::session::now_ms;
 use sandpool_supervisor::proto::FileKind;
+
+/// How long a refused upload's remaining body is read (and dropped) before the answer.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The file routes, behind the token check.
 pub fn router(api: Arc<SocketApi>) -> Router {
@@ -178,9 +182,14 @@ async fn upload(
         .into());
     }
     let started_ms = now_ms();
-    let result = api
-        .upload(&session_id, &rel, mode, body.into_data_stream())
-        .await;
+    let mut data = body.into_data_stream();
+    let result = api.upload(&session_id, &rel, mode, &mut data).await;
+    if result.is_err() {
+        // Read what the client still sends before answering: a client that writes its whole
+        // body before it reads (most do) would otherwise see a reset, not the error.
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, data.next()).await {}
+    }
     api.audit_file(
         &session_id,
         Origin::Socket,

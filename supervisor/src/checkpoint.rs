@@ -33,6 +33,12 @@ use crate::{Ctx, Reply, Tenant, fsat};
 
 /// Entries one walk may see; a workspace with more is refused (`too_large`).
 pub const MAX_ENTRIES: u64 = 100_000;
+/// Directory levels one walk descends; a deeper tree is refused (`too_large`). Each level
+/// holds a descriptor and a stack frame, and a path's bytes grow with its depth.
+pub const MAX_DEPTH: usize = 1024;
+/// What any walk's manifest may hold (paths and entries), whatever the store's bound: the
+/// walks for `changes` and `restore` keep a whole manifest too.
+pub const MAX_WALK_BYTES: u64 = 64 << 20;
 /// What one manifest entry is charged against the bound, besides its path.
 const ENTRY_BYTES: u64 = 128;
 /// How long a walk may take before it gives up (`busy`): a tenant that keeps a tree growing
@@ -358,11 +364,30 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn dir(&mut self, dir: &OwnedFd, prefix: &[u8]) -> Result<(), Fail> {
-        let names = fsat::names(dir).map_err(|e| io_fail(&show(prefix), e))?;
-        for c in names {
-            let path = join(prefix, c.to_bytes());
-            let st = match fsat::lstat(dir.as_raw_fd(), &c) {
+    /// Walks the tree under `root` depth first, without recursion (a command's thread has a
+    /// small stack, and the tenant chooses the depth): one open directory per level, at most
+    /// `MAX_DEPTH` levels.
+    fn tree(&mut self, root: OwnedFd) -> Result<(), Fail> {
+        /// A directory being listed: its descriptor, the names left, its path.
+        struct Level {
+            dir: OwnedFd,
+            names: std::vec::IntoIter<std::ffi::CString>,
+            prefix: Vec<u8>,
+        }
+        let names = fsat::names(&root).map_err(|e| io_fail(".", e))?;
+        let mut stack = vec![Level {
+            dir: root,
+            names: names.into_iter(),
+            prefix: Vec::new(),
+        }];
+        while let Some(top) = stack.last_mut() {
+            let Some(c) = top.names.next() else {
+                stack.pop();
+                continue;
+            };
+            let dir = top.dir.as_raw_fd();
+            let path = join(&top.prefix, c.to_bytes());
+            let st = match fsat::lstat(dir, &c) {
                 Ok(st) => st,
                 // Gone since it was listed: not there.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
@@ -370,7 +395,7 @@ impl Walk<'_> {
             };
             match fsat::kind(&st) {
                 libc::S_IFDIR => {
-                    let sub = match fsat::open_dir(dir.as_raw_fd(), &c) {
+                    let sub = match fsat::open_dir(dir, &c) {
                         Ok(sub) => sub,
                         // Swapped or gone since the lstat: not a directory of this tree now.
                         Err(e)
@@ -384,17 +409,28 @@ impl Walk<'_> {
                         Err(e) => return Err(io_fail(&show(&path), e)),
                     };
                     self.add(path.clone(), &st, What::Dir)?;
-                    self.dir(&sub, &path)?;
+                    if stack.len() >= MAX_DEPTH {
+                        return Err((
+                            "too_large",
+                            format!("the workspace is over {MAX_DEPTH} directories deep"),
+                        ));
+                    }
+                    let names = fsat::names(&sub).map_err(|e| io_fail(&show(&path), e))?;
+                    stack.push(Level {
+                        dir: sub,
+                        names: names.into_iter(),
+                        prefix: path,
+                    });
                 }
                 libc::S_IFREG => {
                     let hash = match self.read.as_mut() {
-                        Some(read) => Some(read(dir.as_raw_fd(), &c, &st, &path)?),
+                        Some(read) => Some(read(dir, &c, &st, &path)?),
                         None => None,
                     };
                     self.add(path, &st, What::File(hash))?;
                 }
                 libc::S_IFLNK => {
-                    let target = match fsat::readlink(dir.as_raw_fd(), &c) {
+                    let target = match fsat::readlink(dir, &c) {
                         Ok(t) => t,
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                         Err(e) => return Err(io_fail(&show(&path), e)),
@@ -421,12 +457,12 @@ fn walk_root(root: &str, max_bytes: u64, read: Option<ReadFile<'_>>) -> Result<M
     let mut walk = Walk {
         manifest: Manifest::new(),
         bytes: 0,
-        max_bytes,
+        max_bytes: max_bytes.min(MAX_WALK_BYTES),
         deadline: Instant::now() + WALK_DEADLINE,
         read,
     };
     walk.add(Vec::new(), &st, What::Dir)?;
-    walk.dir(&dir, b"")?;
+    walk.tree(dir)?;
     Ok(walk.manifest)
 }
 
@@ -638,7 +674,7 @@ fn restore(store: &mut Store, label: &str, root: &str, tenant: Tenant) -> Result
             continue;
         }
         remove(&mut dirs, path, matches!(entry.what, What::Dir))
-            .map_err(|e| io_fail(&format!("removing {}", show(path)), e))?;
+            .map_err(|e| restore_fail(&format!("removing {}", show(path)), e))?;
         gone.insert(path);
         removed += 1;
     }
@@ -649,7 +685,7 @@ fn restore(store: &mut Store, label: &str, root: &str, tenant: Tenant) -> Result
             continue;
         }
         put(store, &mut dirs, path, entry, current, tenant)
-            .map_err(|e| io_fail(&format!("restoring {}", show(path)), e))?;
+            .map_err(|e| restore_fail(&format!("restoring {}", show(path)), e))?;
         written += 1;
     }
     // Directory times last: restoring their entries moved them.
@@ -667,6 +703,21 @@ fn restore(store: &mut Store, label: &str, root: &str, tenant: Tenant) -> Result
         removed,
         dropped,
     })
+}
+
+/// A restore that failed half-way: the workspace is full (`no_space`), or it changed under
+/// the restore (a process of the tenant's still at work): `busy`, and the checkpoint is kept
+/// for another try.
+fn restore_fail(what: &str, e: io::Error) -> Fail {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => ("no_space", format!("{what}: {e}")),
+        _ => (
+            "busy",
+            format!(
+                "the workspace changed during the undo ({what}: {e}); the checkpoint is kept: try again once nothing else writes to it"
+            ),
+        ),
+    }
 }
 
 fn remove(dirs: &mut Dirs, path: &[u8], is_dir: bool) -> io::Result<()> {
