@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 mod files;
 mod handlers;
 pub(crate) mod payload;
+mod transfer;
 pub(crate) mod workspace;
 
 use handlers::{on_connect, prepare};

@@ -17,33 +17,25 @@
 //! the bound before it is read (a huge sparse file is refused, not read); and a walk stops at
 //! `MAX_ENTRIES` entries or its deadline. A restore runs only while no command does.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sandpool_supervisor::proto::{
-    Changes, CheckpointReport, CheckpointRequest, Done, ExecCheckpoint, Failure, Frame, Restored,
-    Taken,
+    Changes, CheckpointReport, CheckpointRequest, Done, ExecCheckpoint, Failure, Frame, Taken,
 };
 use sha2::{Digest, Sha256};
 
-use crate::{Ctx, Reply, Tenant, fsat};
+mod restore;
+mod walk;
 
-/// Entries one walk may see; a workspace with more is refused (`too_large`).
-pub const MAX_ENTRIES: u64 = 100_000;
-/// Directory levels one walk descends; a deeper tree is refused (`too_large`). Each level
-/// holds a descriptor and a stack frame, and a path's bytes grow with its depth.
-pub const MAX_DEPTH: usize = 1024;
-/// What any walk's manifest may hold (paths and entries), whatever the store's bound: the
-/// walks for `changes` and `restore` keep a whole manifest too.
-pub const MAX_WALK_BYTES: u64 = 64 << 20;
-/// What one manifest entry is charged against the bound, besides its path.
-const ENTRY_BYTES: u64 = 128;
-/// How long a walk may take before it gives up (`busy`): a tenant that keeps a tree growing
-/// must not hold the call up.
-const WALK_DEADLINE: Duration = Duration::from_secs(10);
+use restore::restore;
+use walk::{ENTRY_BYTES, Manifest, Stamp, What, read_file, too_large, walk_root};
+
+use crate::{Ctx, Reply};
+
 /// Paths listed per kind of change; more set `truncated`.
 const MAX_LISTED: usize = 1000;
 /// A restore and a walk recurse through tenant-made trees of any depth.
@@ -73,58 +65,6 @@ impl std::hash::Hasher for KeyBits {
 }
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyBits>>;
-
-/// The inode, size, mtime and ctime of a file: unchanged when all four are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(st: &libc::stat) -> Stamp {
-        Stamp {
-            ino: st.st_ino,
-            size: st.st_size as u64,
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-            ctime: (st.st_ctime, st.st_ctime_nsec),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum What {
-    Dir,
-    /// The contents' hash (in a checkpoint; `None` in a walk that does not read).
-    File(Option<Hash>),
-    Symlink(Vec<u8>),
-    Fifo,
-    /// A socket or a device node: recorded, never restored.
-    Other,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    what: What,
-    mode: u32,
-    stamp: Stamp,
-}
-
-impl Entry {
-    /// Whether `now` is this entry unchanged (type, mode, link target, file stamp).
-    fn same_as(&self, now: &Entry) -> bool {
-        let what = match (&self.what, &now.what) {
-            (What::File(_), What::File(_)) => self.stamp == now.stamp,
-            (a, b) => a == b,
-        };
-        what && self.mode == now.mode
-    }
-}
-
-/// Relative path (bytes, `a/b`; the workspace itself is empty) → entry, parents first.
-type Manifest = BTreeMap<Vec<u8>, Entry>;
 
 struct Checkpoint {
     label: String,
@@ -321,186 +261,6 @@ fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Reads a file's contents for a `take`: its hash, and the bytes when the store lacks them.
-type ReadFile<'a> =
-    &'a mut dyn FnMut(RawFd, &std::ffi::CStr, &libc::stat, &[u8]) -> Result<Hash, Fail>;
-
-/// One walk of a tree: its manifest, within an entry count, a byte bound and a deadline.
-struct Walk<'a> {
-    manifest: Manifest,
-    bytes: u64,
-    max_bytes: u64,
-    deadline: Instant,
-    read: Option<ReadFile<'a>>,
-}
-
-impl Walk<'_> {
-    fn add(&mut self, path: Vec<u8>, st: &libc::stat, what: What) -> Result<(), Fail> {
-        self.bytes += ENTRY_BYTES + path.len() as u64;
-        if self.manifest.len() as u64 >= MAX_ENTRIES {
-            return Err((
-                "too_large",
-                format!("the workspace has over {MAX_ENTRIES} entries"),
-            ));
-        }
-        if self.bytes > self.max_bytes {
-            return Err((
-                "too_large",
-                "the workspace's manifest is over the checkpoint bound".into(),
-            ));
-        }
-        if Instant::now() > self.deadline {
-            return Err((
-                "busy",
-                format!("the walk took over {} s", WALK_DEADLINE.as_secs()),
-            ));
-        }
-        let entry = Entry {
-            what,
-            mode: st.st_mode & 0o7777,
-            stamp: Stamp::of(st),
-        };
-        self.manifest.insert(path, entry);
-        Ok(())
-    }
-
-    /// Walks the tree under `root` depth first, without recursion (a command's thread has a
-    /// small stack, and the tenant chooses the depth): one open directory per level, at most
-    /// `MAX_DEPTH` levels.
-    fn tree(&mut self, root: OwnedFd) -> Result<(), Fail> {
-        /// A directory being listed: its descriptor, the names left, its path.
-        struct Level {
-            dir: OwnedFd,
-            names: std::vec::IntoIter<std::ffi::CString>,
-            prefix: Vec<u8>,
-        }
-        let names = fsat::names(&root).map_err(|e| io_fail(".", e))?;
-        let mut stack = vec![Level {
-            dir: root,
-            names: names.into_iter(),
-            prefix: Vec::new(),
-        }];
-        while let Some(top) = stack.last_mut() {
-            let Some(c) = top.names.next() else {
-                stack.pop();
-                continue;
-            };
-            let dir = top.dir.as_raw_fd();
-            let path = join(&top.prefix, c.to_bytes());
-            let st = match fsat::lstat(dir, &c) {
-                Ok(st) => st,
-                // Gone since it was listed: not there.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(io_fail(&show(&path), e)),
-            };
-            match fsat::kind(&st) {
-                libc::S_IFDIR => {
-                    let sub = match fsat::open_dir(dir, &c) {
-                        Ok(sub) => sub,
-                        // Swapped or gone since the lstat: not a directory of this tree now.
-                        Err(e)
-                            if matches!(
-                                e.raw_os_error(),
-                                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                            ) =>
-                        {
-                            continue;
-                        }
-                        Err(e) => return Err(io_fail(&show(&path), e)),
-                    };
-                    self.add(path.clone(), &st, What::Dir)?;
-                    if stack.len() >= MAX_DEPTH {
-                        return Err((
-                            "too_large",
-                            format!("the workspace is over {MAX_DEPTH} directories deep"),
-                        ));
-                    }
-                    let names = fsat::names(&sub).map_err(|e| io_fail(&show(&path), e))?;
-                    stack.push(Level {
-                        dir: sub,
-                        names: names.into_iter(),
-                        prefix: path,
-                    });
-                }
-                libc::S_IFREG => {
-                    let hash = match self.read.as_mut() {
-                        Some(read) => Some(read(dir, &c, &st, &path)?),
-                        None => None,
-                    };
-                    self.add(path, &st, What::File(hash))?;
-                }
-                libc::S_IFLNK => {
-                    let target = match fsat::readlink(dir, &c) {
-                        Ok(t) => t,
-                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                        Err(e) => return Err(io_fail(&show(&path), e)),
-                    };
-                    self.add(path, &st, What::Symlink(target))?;
-                }
-                libc::S_IFIFO => self.add(path, &st, What::Fifo)?,
-                _ => self.add(path, &st, What::Other)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-fn open_root(root: &str) -> Result<OwnedFd, Fail> {
-    let c = std::ffi::CString::new(root).map_err(|_| ("bad_request", "bad root".to_string()))?;
-    fsat::open_dir(libc::AT_FDCWD, &c).map_err(|e| io_fail(root, e))
-}
-
-/// The manifest of the tree at `root`, reading files with `read` when given.
-fn walk_root(root: &str, max_bytes: u64, read: Option<ReadFile<'_>>) -> Result<Manifest, Fail> {
-    let dir = open_root(root)?;
-    let st = fsat::fstat(&dir).map_err(|e| io_fail(root, e))?;
-    let mut walk = Walk {
-        manifest: Manifest::new(),
-        bytes: 0,
-        max_bytes: max_bytes.min(MAX_WALK_BYTES),
-        deadline: Instant::now() + WALK_DEADLINE,
-        read,
-    };
-    walk.add(Vec::new(), &st, What::Dir)?;
-    walk.tree(dir)?;
-    Ok(walk.manifest)
-}
-
-/// Reads the whole regular file `name` in `dir`, at most `limit` bytes (more: `too_large`).
-fn read_file(dir: RawFd, name: &std::ffi::CStr, path: &[u8], limit: u64) -> Result<Vec<u8>, Fail> {
-    let fd = fsat::open(dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0)
-        .map_err(|e| io_fail(&show(path), e))?;
-    let st = fsat::fstat(&fd).map_err(|e| io_fail(&show(path), e))?;
-    if fsat::kind(&st) != libc::S_IFREG {
-        return Err((
-            "busy",
-            format!("{} changed during the checkpoint", show(path)),
-        ));
-    }
-    if st.st_size as u64 > limit {
-        return Err(too_large(path, st.st_size as u64));
-    }
-    let mut data = Vec::with_capacity(st.st_size as usize);
-    std::fs::File::from(fd)
-        .take(limit + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| io_fail(&show(path), e))?;
-    if data.len() as u64 > limit {
-        return Err(too_large(path, data.len() as u64));
-    }
-    Ok(data)
-}
-
-fn too_large(path: &[u8], size: u64) -> Fail {
-    (
-        "too_large",
-        format!(
-            "{} ({size} bytes) does not fit in the checkpoint bound",
-            show(path)
-        ),
-    )
-}
-
 /// Records the workspace as checkpoint `label` (replacing one of that label).
 fn take(store: &mut Store, label: &str, max_bytes: u64, root: &str) -> Result<Taken, Fail> {
     if let Some(at) = store.position(label) {
@@ -614,199 +374,6 @@ fn changes(then: &Manifest, now: &Manifest) -> Changes {
 }
 
 /// Directory descriptors by relative path, opened one component at a time without links.
-struct Dirs {
-    root: OwnedFd,
-    open: HashMap<Vec<u8>, OwnedFd>,
-}
-
-impl Dirs {
-    fn fd(&mut self, path: &[u8]) -> io::Result<RawFd> {
-        if path.is_empty() {
-            return Ok(self.root.as_raw_fd());
-        }
-        if let Some(fd) = self.open.get(path) {
-            return Ok(fd.as_raw_fd());
-        }
-        let (parent, name) = split(path);
-        let parent_fd = self.fd(parent)?;
-        let fd = fsat::open_dir(parent_fd, &fsat::name(name)?)?;
-        let raw = fd.as_raw_fd();
-        self.open.insert(path.to_vec(), fd);
-        Ok(raw)
-    }
-
-    /// Forgets `path` and everything under it (it was removed).
-    fn forget(&mut self, path: &[u8]) {
-        self.open.retain(|p, _| {
-            !(p == path || (p.starts_with(path) && p.get(path.len()) == Some(&b'/')))
-        });
-    }
-}
-
-fn split(path: &[u8]) -> (&[u8], &[u8]) {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(at) => (&path[..at], &path[at + 1..]),
-        None => (&[], path),
-    }
-}
-
-/// Restores the workspace to checkpoint `label`, and drops every later checkpoint.
-fn restore(store: &mut Store, label: &str, root: &str, tenant: Tenant) -> Result<Restored, Fail> {
-    let at = store.position(label).ok_or_else(|| no_checkpoint(label))?;
-    let target = Arc::clone(&store.checkpoints[at].manifest);
-    let now = walk_root(root, u64::MAX, None)?;
-    let mut dirs = Dirs {
-        root: open_root(root)?,
-        open: HashMap::new(),
-    };
-    let (mut written, mut removed) = (0u64, 0u64);
-    // Removals, children before their parents: what the checkpoint lacks, or has as
-    // another type.
-    let mut gone: HashSet<&[u8]> = HashSet::new();
-    for (path, entry) in now.iter().rev() {
-        if path.is_empty() {
-            continue;
-        }
-        let keep = target.get(path).is_some_and(|t| {
-            std::mem::discriminant(&t.what) == std::mem::discriminant(&entry.what)
-        });
-        if keep {
-            continue;
-        }
-        remove(&mut dirs, path, matches!(entry.what, What::Dir))
-            .map_err(|e| restore_fail(&format!("removing {}", show(path)), e))?;
-        gone.insert(path);
-        removed += 1;
-    }
-    // Then everything of the checkpoint, parents first.
-    for (path, entry) in target.iter() {
-        let current = now.get(path).filter(|_| !gone.contains(path.as_slice()));
-        if current.is_some_and(|c| entry.same_as(c)) {
-            continue;
-        }
-        put(store, &mut dirs, path, entry, current, tenant)
-            .map_err(|e| restore_fail(&format!("restoring {}", show(path)), e))?;
-        written += 1;
-    }
-    // Directory times last: restoring their entries moved them.
-    for (path, entry) in target.iter().rev() {
-        if matches!(entry.what, What::Dir) && !path.is_empty() {
-            let (parent, name) = split(path);
-            if let (Ok(fd), Ok(name)) = (dirs.fd(parent), fsat::name(name)) {
-                let _ = fsat::set_mtime(fd, &name, entry.stamp.mtime.0, entry.stamp.mtime.1);
-            }
-        }
-    }
-    let dropped = store.drop_after(at);
-    Ok(Restored {
-        written,
-        removed,
-        dropped,
-    })
-}
-
-/// A restore that failed half-way: the workspace is full (`no_space`), or it changed under
-/// the restore (a process of the tenant's still at work): `busy`, and the checkpoint is kept
-/// for another try.
-fn restore_fail(what: &str, e: io::Error) -> Fail {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC | libc::EDQUOT) => ("no_space", format!("{what}: {e}")),
-        _ => (
-            "busy",
-            format!(
-                "the workspace changed during the undo ({what}: {e}); the checkpoint is kept: try again once nothing else writes to it"
-            ),
-        ),
-    }
-}
-
-fn remove(dirs: &mut Dirs, path: &[u8], is_dir: bool) -> io::Result<()> {
-    let (parent, name) = split(path);
-    let parent_fd = dirs.fd(parent)?;
-    let name = fsat::name(name)?;
-    if is_dir {
-        dirs.forget(path);
-        match fsat::unlink(parent_fd, &name, true) {
-            // Filled again since the walk: empty it whole (remove_dir_all never follows a
-            // link).
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => std::fs::remove_dir_all(
-                format!("/proc/self/fd/{parent_fd}/{}", name.to_string_lossy()),
-            ),
-            other => other,
-        }
-    } else {
-        match fsat::unlink(parent_fd, &name, false) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other,
-        }
-    }
-}
-
-/// Makes `path` what `entry` says (its parent exists by now). `current` is what is there.
-fn put(
-    store: &Store,
-    dirs: &mut Dirs,
-    path: &[u8],
-    entry: &Entry,
-    current: Option<&Entry>,
-    tenant: Tenant,
-) -> io::Result<()> {
-    let (uid, gid) = (tenant.uid, tenant.gid);
-    if path.is_empty() {
-        return fsat::own_and_mode(&dirs.root, uid, gid, entry.mode);
-    }
-    let (parent, name) = split(path);
-    let parent_fd = dirs.fd(parent)?;
-    let name = fsat::name(name)?;
-    match &entry.what {
-        What::Dir => {
-            if current.is_none() {
-                fsat::mkdir(parent_fd, &name, 0o700)?;
-            }
-            let fd = fsat::open_dir(parent_fd, &name)?;
-            fsat::own_and_mode(&fd, uid, gid, entry.mode)
-        }
-        What::File(hash) => {
-            let data = hash
-                .and_then(|h| store.blobs.get(&h))
-                .map(|b| b.data.as_slice())
-                .ok_or_else(|| io::Error::other("the checkpoint lacks this file's contents"))?;
-            // A new file every time: writing through the old one would change every hard
-            // link to it too.
-            if current.is_some() {
-                fsat::unlink(parent_fd, &name, false)?;
-            }
-            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-            let fd = fsat::open(parent_fd, &name, flags, 0o600)?;
-            fsat::own_and_mode(&fd, uid, gid, entry.mode)?;
-            let file = std::fs::File::from(fd);
-            std::os::unix::fs::FileExt::write_all_at(&file, data, 0)?;
-            let (sec, nsec) = entry.stamp.mtime;
-            fsat::set_mtime(parent_fd, &name, sec, nsec)
-        }
-        What::Symlink(target) => {
-            if current.is_some() {
-                fsat::unlink(parent_fd, &name, false)?;
-            }
-            fsat::symlink(target, parent_fd, &name)?;
-            fsat::lchown(parent_fd, &name, uid, gid)
-        }
-        What::Fifo => {
-            if current.is_none() {
-                fsat::mkfifo(parent_fd, &name, 0o600)?;
-            }
-            // Through a descriptor of the FIFO itself: a link swapped in since is refused.
-            let fd = fsat::open(parent_fd, &name, libc::O_PATH, 0)?;
-            if fsat::kind(&fsat::fstat(&fd)?) != libc::S_IFIFO {
-                return Err(io::Error::other("no longer a FIFO"));
-            }
-            fsat::own_and_mode_path(&fd, uid, gid, entry.mode)
-        }
-        // Sockets and devices are not made again.
-        What::Other => Ok(()),
-    }
-}
-
 /// What the verification reports of the store: one finding per checkpoint held.
 pub fn findings(store: &Mutex<Store>) -> Vec<String> {
     let store = store.lock().unwrap_or_else(PoisonError::into_inner);
@@ -820,6 +387,7 @@ pub fn findings(store: &Mutex<Store>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Tenant;
     use std::os::unix::fs::{PermissionsExt, symlink};
 
     fn tree() -> (String, Tenant) {
