@@ -397,16 +397,6 @@ async fn raw(addr: &str, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
     .await
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_round_trips_text_and_binary_files_checked_by_sha256() {
     let h = Harness::start("roundtrip", &[]).await;

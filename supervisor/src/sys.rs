@@ -270,36 +270,10 @@ pub fn read_dir_noatime(path: &CStr) -> io::Result<Vec<OsString>> {
         fd = unsafe { libc::open(path.as_ptr(), flags) };
     }
     let dir = owned(fd as libc::c_long)?;
-    // SAFETY: fdopendir on an owned descriptor. On success the stream owns it (closedir
-    // closes it), so the `OwnedFd` is forgotten; on failure it stays ours and is dropped.
-    let stream = unsafe { libc::fdopendir(dir.as_raw_fd()) };
-    if stream.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(dir);
-    let mut names = Vec::new();
-    let result = loop {
-        // SAFETY: readdir reports its errors only through errno, which is cleared first.
-        unsafe { *libc::__errno_location() = 0 };
-        let entry = unsafe { libc::readdir(stream) };
-        if entry.is_null() {
-            let err = io::Error::last_os_error();
-            break if err.raw_os_error() == Some(0) {
-                Ok(names)
-            } else {
-                Err(err)
-            };
-        }
-        // SAFETY: a non-null entry is valid until the next readdir on this stream, and its
-        // name is NUL-terminated.
-        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
-        if name != b"." && name != b".." {
-            names.push(std::ffi::OsStr::from_bytes(name).to_os_string());
-        }
-    };
-    // SAFETY: closes the stream and its descriptor, once.
-    unsafe { libc::closedir(stream) };
-    result
+    Ok(crate::fsat::names(&dir)?
+        .into_iter()
+        .map(|name| std::ffi::OsStr::from_bytes(name.to_bytes()).to_os_string())
+        .collect())
 }
 
 /// The protocol's error code for an errno value.

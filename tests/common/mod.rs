@@ -800,3 +800,14 @@ pub fn run_scenario(
     assert_eq!(last["ok"], true, "scenario {name} did not finish: {last}");
     last
 }
+
+/// A `kB` field (`VmRSS`, `VmHWM`...) of process `pid`'s `/proc/<pid>/status`.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}

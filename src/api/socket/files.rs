@@ -134,24 +134,17 @@ pub(super) async fn on_fs_read(
         let rel = workspace_path(&req.path)?;
         let max = SOCKET_CHUNK_BYTES.min(api.limits.file_max_bytes);
         let offset = req.offset.unwrap_or(0);
-        let len = match req.length {
-            Some(len) => (len as usize).min(max),
-            None => {
-                // The whole file, if it fits in one event.
-                let st = api.stat(&conn.session_id, &rel).await?;
-                if st.size.saturating_sub(offset) > max as u64 {
-                    return Err(ApiError::new(
-                        ErrorCode::TooLarge,
-                        format!(
-                            "{rel} is {} bytes: one event carries at most {max}; read it in slices (offset, length) or with GET /api/sessions/{{id}}/files/{{path}}",
-                            st.size
-                        ),
-                    ));
-                }
-                max
-            }
-        };
+        // Without `length`, the whole file, if it fits in one event.
+        let len = req.length.map_or(max, |len| (len as usize).min(max));
         let (size, content) = api.read_range(&conn.session_id, &rel, offset, len).await?;
+        if req.length.is_none() && size.saturating_sub(offset) > max as u64 {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{rel} is {size} bytes: one event carries at most {max}; read it in slices (offset, length) or with GET /api/sessions/{{id}}/files/{{path}}"
+                ),
+            ));
+        }
         Ok(ReadAck {
             ok: true,
             bytes: content.len(),
