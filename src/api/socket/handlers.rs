@@ -128,10 +128,13 @@ pub(super) async fn on_connect(
         end_unheard(&api, &session.id).await;
         return;
     }
-    let _ = tx.send(Slot::Ready(conn));
     // Calls that wait for approval (made while the browser was away, or on the connection
-    // it had before) are asked again.
-    for call in api.sessions.pending_calls(&session.id) {
+    // it had before) are asked again. They are read before the slot says ready: a `message`
+    // that waited for the session proposes only after that, and emits its own `tool:request`,
+    // which a read after it would send a second time.
+    let waiting = api.sessions.pending_calls(&session.id);
+    let _ = tx.send(Slot::Ready(conn));
+    for call in waiting {
         api.request_approval(&session.id, &call);
     }
     if !socket.connected() {
