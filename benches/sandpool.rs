@@ -160,6 +160,7 @@ async fn cold_baseline(runs: usize) -> Value {
             pids_limit: 128,
             tmpfs_bytes: config.pool.tmpfs_bytes as u64,
             network: "none".into(),
+            runtime: (!config.pool.runtime.is_empty()).then(|| config.pool.runtime.clone()),
         };
         let t = Instant::now();
         let id = gate.create_sandbox(&spec).await.expect("create");

@@ -252,6 +252,16 @@ pub struct PoolConfig {
         default_value = "none"
     )]
     pub network: String,
+
+    /// OCI runtime of a sandbox, as the engine names it (`runsc` for gVisor, registered in
+    /// the engine's `daemon.json`; see the README). Empty: the engine's default runtime.
+    /// Default empty.
+    #[arg(
+        long = "sandbox-runtime",
+        env = "SANDPOOL_SANDBOX_RUNTIME",
+        default_value = ""
+    )]
+    pub runtime: String,
 }
 
 impl PoolConfig {

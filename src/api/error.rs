@@ -120,6 +120,11 @@ impl From<&PoolError> for ApiError {
                     "busy" => ErrorCode::Busy,
                     "too_large" => ErrorCode::TooLarge,
                     "no_space" => ErrorCode::NoSpace,
+                    // The sandbox could not do it, through no fault of the request.
+                    "internal" => {
+                        tracing::warn!(code = %code, message = %message, "the sandbox's supervisor failed a request");
+                        return Self::new(ErrorCode::Internal, "the sandbox call failed");
+                    }
                     _ => ErrorCode::BadRequest,
                 };
                 Self::new(code, message)

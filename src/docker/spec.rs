@@ -68,6 +68,8 @@ pub struct SandboxSpec {
     pub pids_limit: i64,
     pub tmpfs_bytes: u64,
     pub network: String,
+    /// The OCI runtime (`runsc`...); `None` for the engine's default.
+    pub runtime: Option<String>,
 }
 
 impl SandboxSpec {
@@ -113,6 +115,7 @@ impl SandboxSpec {
             nano_cpus: Some(self.nano_cpus),
             network_mode: Some(self.network.clone()),
             init: Some(true),
+            runtime: self.runtime.clone(),
             ..Default::default()
         };
         ContainerCreateBody {

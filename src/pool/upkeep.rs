@@ -76,6 +76,7 @@ impl ContainerPool {
             pids_limit: c.pids_limit as i64,
             tmpfs_bytes: c.tmpfs_bytes as u64,
             network: c.network.clone(),
+            runtime: (!c.runtime.is_empty()).then(|| c.runtime.clone()),
         };
         let result = async {
             let id = self.inner.gate.create_sandbox(&spec).await?;

@@ -211,16 +211,16 @@ fn run(
     let started = Instant::now();
     let mut child = plan.spawn(ctx.tenant).map_err(|e| {
         let program = req.argv.first().map_or("", String::as_str);
-        ("spawn_failed", format!("{program}: {e}"))
+        spawn_error(program, &e)
     })?;
     let pid = child.id() as i32;
     // Not reaped until the end of this function, so the pid cannot be reused meanwhile.
-    let pidfd = match sys::pidfd_open(pid) {
+    let pidfd = match sys::exit_fd(pid) {
         Ok(fd) => fd,
         Err(e) => {
             crate::procs::kill_tree(pid);
             let _ = child.wait();
-            return Err(("io", format!("pidfd_open: {e}")));
+            return Err(("internal", format!("watching the command's exit: {e}")));
         }
     };
     ctx.out
@@ -373,6 +373,34 @@ fn run(
         timed_out,
         killed,
     })
+}
+
+/// A failed spawn's code: `spawn_failed` when the request is at fault or the tenant's own
+/// limits are (no such program or working directory, not executable, the pids limit), else
+/// `internal`, logged: the kernel refused a step of turning the child into the tenant (a
+/// call this kernel, e.g. gVisor's, does not offer), which no request can fix.
+fn spawn_error(program: &str, e: &std::io::Error) -> (&'static str, String) {
+    let requester = matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOENT
+                | libc::EACCES
+                | libc::ENOEXEC
+                | libc::ENOTDIR
+                | libc::ELOOP
+                | libc::ENAMETOOLONG
+                | libc::E2BIG
+                | libc::EAGAIN
+                | libc::ENOMEM
+                | libc::ETXTBSY
+        )
+    );
+    if requester {
+        ("spawn_failed", format!("{program}: {e}"))
+    } else {
+        eprintln!("sandpool-supervisor: starting {program:?} as the tenant failed: {e}");
+        ("internal", format!("starting the command failed: {e}"))
+    }
 }
 
 fn wait(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {

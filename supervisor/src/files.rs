@@ -23,7 +23,7 @@ pub use sandpool_supervisor::layout::WORKSPACE;
 /// Room left in a `Read` reply's frame for its head.
 const HEAD_ROOM: usize = 64 << 10;
 /// A file thread may recurse (`Delete` with `recursive`) through deep trees.
-const STACK: usize = 16 << 20;
+pub(crate) const STACK: usize = 16 << 20;
 
 /// An absolute path for `path`: itself when absolute, else under the workspace.
 pub fn resolve(path: &str) -> String {
@@ -172,6 +172,15 @@ pub fn start(ctx: &Arc<Ctx>, frame: Frame) {
     };
     let body = frame.body;
     let tenant = ctx.tenant;
+    if !crate::kernel::get().fsuid {
+        // No per-thread file credentials on this kernel: a process of the tenant's does it
+        // (the request was parsed above only to refuse a malformed one here).
+        drop(req);
+        let head = frame.head;
+        return crate::worker(ctx, id, "file", 256 << 10, move || {
+            crate::tenant_files::run(tenant, head, body)
+        });
+    }
     crate::worker(ctx, id, "file", STACK, move || {
         sys::become_fs_user(tenant.uid, tenant.gid).map_err(|e| ("io", e.to_string()))?;
         run(req, body)
@@ -214,7 +223,7 @@ fn open(path: &str, flags: libc::c_int, mode: u32) -> Result<OwnedFd, (&'static 
 }
 
 /// Runs one request (already as the tenant).
-fn run(req: FileRequest, body: Vec<u8>) -> Reply {
+pub(crate) fn run(req: FileRequest, body: Vec<u8>) -> Reply {
     match req {
         FileRequest::Read {
             path,

@@ -10,10 +10,13 @@ mod checkpoint;
 mod exec;
 mod files;
 mod fsat;
+mod kernel;
 mod procs;
+mod resolve;
 mod scrub;
 mod spawn;
 mod sys;
+mod tenant_files;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -172,12 +175,18 @@ fn prepare() -> Result<(), String> {
         // the usual 022 back in `spawn`).
         libc::umask(0);
     }
+    // What the kernel lacks is known before any tenant process or thread exists.
+    kernel::probe();
     // Nothing the container runtime left open may reach a tenant command.
     sys::cloexec_from_3().map_err(|e| format!("close_range: {e}"))
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Started again by itself, as the tenant, for one file operation (see `tenant_files`).
+    if args.len() == 1 && args[0] == tenant_files::FLAG {
+        std::process::exit(tenant_files::serve());
+    }
     let tenant = parse_args(&args).unwrap_or_else(|why| {
         eprintln!("sandpool-supervisor: {why}");
         std::process::exit(2);

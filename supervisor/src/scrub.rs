@@ -86,9 +86,18 @@ pub fn start(ctx: &Arc<Ctx>, frame: Frame, clean: bool) {
 
 /// One scrub (or, without `clean`, only its verification).
 fn run(ctx: &Ctx, req: &ScrubRequest, clean: bool) -> Reply {
+    // A kernel without an mqueue filesystem has no `/dev/mqueue` to judge, and its tenants no
+    // message queues (see `kernel`).
+    let mqueue_fs = crate::kernel::get().mqueue_fs;
+    let paths: Vec<WritablePath> = req
+        .paths
+        .iter()
+        .filter(|p| mqueue_fs || p.path != crate::kernel::MQUEUE_PATH)
+        .cloned()
+        .collect();
     let killed = if clean {
         let killed = kill_everything(ctx);
-        for path in &req.paths {
+        for path in &paths {
             if let Err(e) = empty_and_restore(path, ctx.tenant) {
                 eprintln!("sandpool-supervisor: scrub {}: {e}", path.path);
             }
@@ -102,7 +111,7 @@ fn run(ctx: &Ctx, req: &ScrubRequest, clean: bool) -> Reply {
     } else {
         0
     };
-    let mut found = verify(&req.paths, ctx.tenant, clean);
+    let mut found = verify(&paths, ctx.tenant, clean);
     found.extend(crate::checkpoint::findings(&ctx.checkpoints));
     let verdict = Verdict {
         clean: found.is_empty(),
@@ -341,12 +350,50 @@ pub fn verify(paths: &[WritablePath], tenant: Tenant, scrubbed: bool) -> Vec<Str
     for kind in ["shm", "msg", "sem"] {
         match fs::read_to_string(format!("/proc/sysvipc/{kind}")) {
             Ok(text) if ipc_objects(&text) == 0 => {}
-            // A kernel without System V IPC has no objects to leave behind.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // No listing (gVisor): the kernel's own count of objects in use.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match ipc_in_use(kind) {
+                Some(0) => {}
+                _ => found.push(format!("ipc:{kind}")),
+            },
             _ => found.push(format!("ipc:{kind}")),
         }
     }
     found
+}
+
+/// System V IPC objects of `kind` in use, from `SHM_INFO`/`MSG_INFO`/`SEM_INFO`: `Some(0)` on
+/// a kernel without System V IPC (ENOSYS), `None` when the kernel does not say.
+fn ipc_in_use(kind: &str) -> Option<u64> {
+    // <linux/shm.h>; libc has MSG_INFO and SEM_INFO but not this one.
+    const SHM_INFO: libc::c_int = 14;
+    // The kernel fills the start of a `shm_info`/`msginfo`/`seminfo`; a zeroed buffer larger
+    // than any of them takes it.
+    let mut buf = [0u64; 32];
+    let p = buf.as_mut_ptr();
+    // SAFETY: each call writes at most the size of its struct into the live, larger buffer.
+    let ret = unsafe {
+        match kind {
+            "shm" => libc::shmctl(0, SHM_INFO, p.cast()),
+            "msg" => libc::msgctl(0, libc::MSG_INFO, p.cast()),
+            _ => libc::semctl(0, 0, libc::SEM_INFO, p),
+        }
+    };
+    if ret < 0 {
+        return (io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)).then_some(0);
+    }
+    // SAFETY: plain integers at the offsets the structs define.
+    let in_use = unsafe {
+        match kind {
+            // struct shm_info { int used_ids; ... }
+            "shm" => *p.cast::<libc::c_int>() as u64,
+            // struct msginfo { int msgpool (queues in use for MSG_INFO), ... }
+            "msg" => *p.cast::<libc::c_int>() as u64,
+            // struct seminfo { int semmap, semmni, semmns, semmnu, semmsl, semopm, semume,
+            //                  semusz (sets in use for SEM_INFO), semvmx, semaem }
+            _ => *p.cast::<libc::c_int>().add(7) as u64,
+        }
+    };
+    Some(in_use)
 }
 
 /// Objects listed in a `/proc/sysvipc/*` file: every non-blank line after the header.

@@ -62,10 +62,14 @@ impl Plan {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let cwd = self.cwd;
+        let kernel = crate::kernel::get();
         // SAFETY: the closure only makes async-signal-safe syscalls on data prepared before
-        // the fork (`cwd`, plain integers); it allocates nothing.
+        // the fork (`cwd`, `kernel`, plain integers); it allocates nothing.
         unsafe {
-            cmd.pre_exec(move || become_tenant(tenant, &cwd));
+            cmd.pre_exec(move || {
+                become_tenant(tenant, &cwd)?;
+                crate::kernel::restrict_tenant(kernel)
+            });
         }
         cmd.spawn()
     }
@@ -125,8 +129,15 @@ fn become_tenant(tenant: Tenant, cwd: &CString) -> io::Result<()> {
                 }
             }
         }
+        // A kernel without ambient capabilities (gVisor answers EINVAL) has none to clear;
+        // the capset below empties the sets an ambient one would come from anyway.
         let clear_all = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
-        check(libc::prctl(libc::PR_CAP_AMBIENT, clear_all, 0, 0, 0) as libc::c_long)?;
+        if libc::prctl(libc::PR_CAP_AMBIENT, clear_all, 0, 0, 0) < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINVAL) {
+                return Err(err);
+            }
+        }
         check(libc::syscall(
             libc::SYS_setgroups,
             0,

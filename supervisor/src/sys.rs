@@ -51,6 +51,42 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
 
+/// A descriptor that becomes readable once the child `pid` has exited: its pidfd, or on a
+/// kernel without pidfds (gVisor answers ENOSYS) an eventfd that a small thread signals when
+/// `waitid(WNOWAIT)` sees the exit. Neither reaps the child: the caller still must, and until
+/// it does the pid cannot be reused.
+pub fn exit_fd(pid: i32) -> io::Result<OwnedFd> {
+    match pidfd_open(pid) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        other => return other,
+    }
+    let fd = eventfd()?;
+    let signal = fd.try_clone()?;
+    std::thread::Builder::new()
+        .name("exit-wait".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            loop {
+                // SAFETY: waitid fills a live, zeroed siginfo_t.
+                let ret = unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as libc::id_t,
+                        &raw mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                if ret == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    // Exited, or already reaped by the caller (ECHILD): readable either way.
+                    break;
+                }
+            }
+            eventfd_signal(&signal);
+        })?;
+    Ok(fd)
+}
+
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) } as libc::c_long)? as libc::c_int;
@@ -147,7 +183,7 @@ fn openat2_at(
     };
     how.resolve = resolve;
     // SAFETY: `path` is NUL-terminated and `how` is a live open_how of the size passed.
-    owned(unsafe {
+    let opened = owned(unsafe {
         libc::syscall(
             libc::SYS_openat2,
             dir,
@@ -155,7 +191,14 @@ fn openat2_at(
             &raw const how,
             std::mem::size_of::<libc::open_how>(),
         )
-    })
+    });
+    match opened {
+        // A kernel without openat2 (gVisor): the same promises, kept by hand.
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            crate::resolve::open(dir, path, flags, mode, resolve)
+        }
+        other => other,
+    }
 }
 
 /// Whether `fd` is on procfs.
@@ -167,8 +210,8 @@ pub fn is_procfs(fd: &OwnedFd) -> io::Result<bool> {
 }
 
 /// Marks every descriptor from 3 up close-on-exec. Async-signal-safe (used in `pre_exec`).
-/// A kernel or seccomp profile without close_range is tolerated: every descriptor the
-/// supervisor opens is close-on-exec anyway.
+/// A kernel without `CLOSE_RANGE_CLOEXEC` (gVisor answers EINVAL, older kernels ENOSYS, a
+/// seccomp profile EPERM) gets the same from a walk of `/proc/self/fd`.
 pub fn cloexec_from_3() -> io::Result<()> {
     // SAFETY: plain syscall with no pointers.
     let ret = unsafe {
@@ -182,9 +225,60 @@ pub fn cloexec_from_3() -> io::Result<()> {
     if ret < 0 {
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
-            Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EPERM) => {}
+            Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EPERM) => cloexec_by_listing()?,
             _ => return Err(err),
         }
+    }
+    Ok(())
+}
+
+/// `cloexec_from_3` by hand: every descriptor `/proc/self/fd` lists from 3 up gets
+/// `FD_CLOEXEC`. Async-signal-safe: raw syscalls and a buffer on the stack, no allocation.
+fn cloexec_by_listing() -> io::Result<()> {
+    // SAFETY: raw syscalls on a NUL-terminated literal, a descriptor this function owns and
+    // a live stack buffer of the size passed; entries are read within the bytes returned.
+    unsafe {
+        let dir = libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if dir < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = [0u8; 2048];
+        loop {
+            let n = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                libc::close(dir);
+                return Err(err);
+            }
+            if n == 0 {
+                break;
+            }
+            let mut at = 0usize;
+            while at + 19 < n as usize {
+                // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name.
+                let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                if reclen == 0 {
+                    break;
+                }
+                let mut fd: i64 = 0;
+                let mut digits = 0;
+                for &b in &buf[at + 19..(at + reclen).min(n as usize)] {
+                    if !b.is_ascii_digit() {
+                        break;
+                    }
+                    fd = fd * 10 + i64::from(b - b'0');
+                    digits += 1;
+                }
+                if digits > 0 && fd >= 3 && fd != i64::from(dir) && fd <= i64::from(i32::MAX) {
+                    libc::fcntl(fd as libc::c_int, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+                at += reclen;
+            }
+        }
+        libc::close(dir);
     }
     Ok(())
 }
