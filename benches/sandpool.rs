@@ -6,11 +6,17 @@
 //! `cargo bench --bench sandpool -- files` (or `scripts/bench files`) runs only the files and
 //! undo figures (`figures/files.rs`) and writes `bench-results/files.json`; `-- files quick`
 //! runs them once in a reduced form, to check that they work.
+//!
+//! `cargo bench --bench sandpool -- gvisor` (or `scripts/bench gvisor`, which starts the
+//! engine it needs) runs runc and gVisor side by side (`figures/gvisor.rs`) and writes
+//! `bench-results/gvisor.json`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "figures/files.rs"]
 mod files_figures;
+#[path = "figures/gvisor.rs"]
+mod gvisor_figures;
 #[path = "figures/mcp.rs"]
 mod mcp_figures;
 
@@ -148,7 +154,7 @@ async fn cold_baseline(runs: usize) -> Value {
     let _cleanup = Cleanup::new(&instance);
     let config = test_config(&instance);
     let gate = real_gate(&config).await;
-    let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
+    let docker = bench_docker();
     let mut samples = Vec::new();
     for i in 0..runs {
         let spec = SandboxSpec {
@@ -261,7 +267,7 @@ async fn command_rtt(runs: usize) -> Value {
         supervisor.push(ms(t.elapsed()));
         assert_eq!(out.exit_code, Some(0));
     }
-    let docker = bollard::Docker::connect_with_local_defaults().expect("docker client");
+    let docker = bench_docker();
     let mut docker_exec = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
@@ -400,6 +406,34 @@ async fn main() {
         .map(|n| n.get())
         .unwrap_or(0);
     let docker_version = docker(&["version", "--format", "{{.Server.Version}}"]);
+    if args.iter().any(|a| a == "gvisor") {
+        let mut report = serde_json::Map::new();
+        for runtime in ["runc", "runsc"] {
+            // SAFETY: set before the figures start any task that reads the environment.
+            unsafe { std::env::set_var("SANDPOOL_TEST_SANDBOX_RUNTIME", runtime) };
+            report.insert(runtime.into(), gvisor_figures::runtime_figures().await);
+        }
+        let report = json!({
+            "conditions": {
+                "machine": format!("{cores} cores"),
+                "docker": docker_version,
+                "engine": "a second dockerd, vfs storage; runsc --platform=ptrace --network=none",
+                "image": image,
+                "build": "release",
+            },
+            "runc": report["runc"],
+            "runsc": report["runsc"],
+        });
+        let path = out_dir.join("gvisor.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        println!();
+        println!(
+            "sandpool benchmark, runc and gVisor on one engine — {cores} cores, Docker {docker_version}, release build"
+        );
+        gvisor_figures::print(&report);
+        println!("JSON: {}", path.display());
+        return;
+    }
     if args.iter().any(|a| a == "files") {
         let quick = args.iter().any(|a| a == "quick");
         let files = files_figures::files_figures(quick).await;
@@ -884,4 +918,10 @@ async fn docker_exec_true(docker: &bollard::Docker, container_id: &str) {
         .await
         .expect("inspect exec");
     assert_eq!(inspected.exit_code, Some(0), "docker exec true failed");
+}
+
+/// A Docker client for the engine the figures use (`DOCKER_HOST` when it names a socket).
+fn bench_docker() -> bollard::Docker {
+    bollard::Docker::connect_with_unix(&docker_host(), 120, bollard::API_DEFAULT_VERSION)
+        .expect("docker client")
 }

@@ -366,6 +366,26 @@ fn xattr_tool_base64() -> String {
     static_program_base64("xa", XATTR_TOOL_C)
 }
 
+/// Under gVisor a tenant that exhausts its sandbox's pids or memory takes gVisor's own kernel
+/// with it (the sentry cannot make a thread, or is the one the OOM killer picks). Then the
+/// sandbox must be lost, destroyed and removed, and the next lease another, clean one.
+async fn sandbox_died_and_was_replaced(pool: &ContainerPool, instance: &str, id: &LeaseRef) {
+    assert!(gvisor_run(), "only gVisor may lose a sandbox to its tenant");
+    match recycle(pool, id).await {
+        RecycleOutcome::Destroyed(reason) => {
+            eprintln!("the sandbox died and was destroyed: {reason}")
+        }
+        RecycleOutcome::Recycled => panic!("a sandbox whose kernel died was recycled"),
+    }
+    wait_removed(instance, &id.container_id, 20).await;
+    let next = within(60, "acquire", pool.acquire())
+        .await
+        .expect("acquire");
+    assert_ne!(next.container_id, id.container_id);
+    assert_eq!(verify(pool, &next.lease_ref()).await, Verdict::Clean);
+    shutdown_leaves_nothing(pool, instance).await;
+}
+
 /// A warm pool (min idle 1, max 2) of a fresh instance, and one sandbox leased from it.
 async fn leased_sandbox(name: &str) -> (String, Cleanup, ContainerPool, LeaseRef) {
     let instance = unique_instance(name);
@@ -408,14 +428,20 @@ async fn commands_run_as_the_tenant_with_no_capabilities() {
     .await;
     let status = text(&out.stdout);
     let caps: Vec<&str> = status.lines().filter(|l| l.starts_with("Cap")).collect();
-    assert_eq!(caps.len(), 5, "{status}");
+    // gVisor has no ambient set, so no CapAmb line.
+    let sets = if gvisor_run() { 4 } else { 5 };
+    assert_eq!(caps.len(), sets, "{status}");
     for line in &caps {
         assert!(
             line.ends_with("0000000000000000"),
             "a tenant capability set is not empty: {line}\n{status}"
         );
     }
-    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // gVisor's status file has no NoNewPrivs line (the seccomp filter below needs it set).
+    assert!(
+        gvisor_run() || status.contains("NoNewPrivs:\t1"),
+        "{status}"
+    );
     assert!(
         status.contains("Seccomp:\t2"),
         "seccomp filter kept: {status}"
@@ -535,11 +561,22 @@ async fn the_tenant_can_open_its_own_stdio_by_name() {
         "echo out > /dev/stdout; echo err > /dev/stderr; echo also-out | cat > /proc/self/fd/1",
     )
     .await;
-    assert_eq!(
-        (text(&out.stdout), text(&out.stderr)),
-        ("out\nalso-out\n".to_string(), "err\n".to_string()),
-        "/dev/stdout and /dev/stderr are not usable by the tenant: {out:?}"
-    );
+    if gvisor_run() {
+        // gVisor keeps a pipe's owner from its creator (the supervisor, root) whatever the
+        // fchown: reopening one's own stdio by name is refused there (a known difference).
+        assert_eq!(text(&out.stdout), "", "{out:?}");
+        assert_eq!(
+            text(&out.stderr).matches("Permission denied").count(),
+            3,
+            "{out:?}"
+        );
+    } else {
+        assert_eq!(
+            (text(&out.stdout), text(&out.stderr)),
+            ("out\nalso-out\n".to_string(), "err\n".to_string()),
+            "/dev/stdout and /dev/stderr are not usable by the tenant: {out:?}"
+        );
+    }
     assert_eq!(recycle(&pool, &id).await, RecycleOutcome::Recycled);
     shutdown_leaves_nothing(&pool, &instance).await;
 }
@@ -1105,12 +1142,33 @@ async fn the_tenant_cannot_touch_the_supervisor() {
     .expect("attacks run");
     let report = text(&out.stdout);
     eprintln!("attacks (rc name):\n{report}");
+    // gVisor lets any process read another's environment and memory map and list its
+    // descriptor numbers (not open them, nor read or write the memory): the environment is
+    // checked for what it shows instead.
+    let gvisor = gvisor_run();
+    let shown_under_gvisor = ["environ", "maps", "fd-list", "fd-list-init"];
     for name in MUST_FAIL {
         let line = report
             .lines()
             .find(|l| l.split_whitespace().nth(1) == Some(name))
             .unwrap_or_else(|| panic!("attack {name} did not report: {report}"));
+        if gvisor && shown_under_gvisor.contains(&name) {
+            continue;
+        }
         assert!(!line.starts_with("0 "), "attack {name} succeeded: {report}");
+    }
+    if gvisor {
+        let env = run_sh(
+            &pool,
+            &id,
+            &format!("tr '\\0' '\\n' < /proc/{sup}/environ | cut -d= -f1 | sort"),
+        )
+        .await;
+        assert_eq!(
+            text(&env.stdout),
+            "HOME\nHOSTNAME\nPATH\n",
+            "the supervisor's environment holds nothing but these: {env:?}"
+        );
     }
 
     // Fake frames into every descriptor the tenant can open.
@@ -1207,8 +1265,11 @@ async fn fake_verdicts_cannot_make_a_dirty_sandbox_pass() {
     spec.stdin = fake_clean_verdicts(1..=2000);
     let planted = run_spec(&pool, &id, &spec).await.expect("planting runs");
     assert_eq!(text(&planted.stdout), "made\nplanted\n", "{planted:?}");
-    let out = run_sh(&pool, &id, "wc -l < /proc/sysvipc/shm").await;
-    assert_eq!(text(&out.stdout).trim(), "2", "segment present: {out:?}");
+    if !gvisor_run() {
+        // (gVisor has no /proc/sysvipc: the verdict below is the check there.)
+        let out = run_sh(&pool, &id, "wc -l < /proc/sysvipc/shm").await;
+        assert_eq!(text(&out.stdout).trim(), "2", "segment present: {out:?}");
+    }
 
     // The printing spammer's command may end at once or hold on until its timeout (the
     // spammer keeps its stdout open): either way it must end with an exit, not a broken link.
@@ -1262,7 +1323,8 @@ async fn fork_bomb_against_the_pids_limit_is_scrubbed() {
     let instance = unique_instance("sv-bomb");
     let cleanup = Cleanup::new(&instance);
     let mut config = small_config(&instance, 1, 1);
-    config.pool.pids_limit = 64;
+    // Under gVisor its own ~50 threads count too.
+    config.pool.pids_limit = if is_gvisor(&config) { 160 } else { 64 };
     let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
     let lease = within(30, "acquire", pool.acquire())
         .await
@@ -1275,16 +1337,25 @@ async fn fork_bomb_against_the_pids_limit_is_scrubbed() {
          && {{ /workspace/bomb >/dev/null 2>&1 </dev/null & }} && echo started",
         fork_bomb_base64()
     );
-    let out = run_spec(&pool, &id, &shell(&script, Duration::from_secs(20)))
-        .await
-        .expect("bomb launched");
+    let launched = run_spec(&pool, &id, &shell(&script, Duration::from_secs(20))).await;
+    if is_gvisor(&config) && (launched.is_err() || ping(&pool, &id).await.is_err()) {
+        return sandbox_died_and_was_replaced(&pool, &instance, &id).await;
+    }
+    let out = launched.expect("bomb launched");
     assert!(text(&out.stdout).contains("started"), "{out:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
+    if is_gvisor(&config) && ping(&pool, &id).await.is_err() {
+        return sandbox_died_and_was_replaced(&pool, &instance, &id).await;
+    }
 
     match host_pids_current(&id.container_id) {
         Some(n) => {
             eprintln!("pids.current during the bomb: {n}");
-            assert!(n >= 56, "the bomb did not reach the pids limit: {n}");
+            let limit = config.pool.pids_limit as u64;
+            assert!(
+                n >= limit * 7 / 8,
+                "the bomb did not reach the pids limit: {n}"
+            );
         }
         None => eprintln!("the host's cgroup tree has no pids.current for {id}; going on"),
     }
@@ -1344,13 +1415,16 @@ async fn filling_memory_kills_the_tenant_not_the_supervisor() {
     let sup = supervisor_pid(&pool, &id).await;
 
     // busybox tail keeps everything of a file with no newline.
-    let out = run_spec(
+    let hog = run_spec(
         &pool,
         &id,
         &argv(&["tail", "/dev/zero"], Duration::from_secs(60)),
     )
-    .await
-    .expect("the command ends with an exit");
+    .await;
+    if is_gvisor(&config) && hog.is_err() {
+        return sandbox_died_and_was_replaced(&pool, &instance, &id).await;
+    }
+    let out = hog.expect("the command ends with an exit");
     assert!(!out.timed_out, "{out:?}");
     assert!(
         out.signal == Some(9) || out.exit_code == Some(137),
@@ -1367,7 +1441,7 @@ async fn filling_memory_kills_the_tenant_not_the_supervisor() {
     // limit (file pages evicted and read back) long enough for the command's deadline to
     // come first; then the supervisor kills it. Either way the tenant dies and the
     // supervisor lives, which is what this checks (seen on a loaded machine).
-    let out = run_spec(
+    let piped = run_spec(
         &pool,
         &id,
         &shell(
@@ -1375,8 +1449,11 @@ async fn filling_memory_kills_the_tenant_not_the_supervisor() {
             Duration::from_secs(30),
         ),
     )
-    .await
-    .expect("the command ends with an exit");
+    .await;
+    if is_gvisor(&config) && piped.is_err() {
+        return sandbox_died_and_was_replaced(&pool, &instance, &id).await;
+    }
+    let out = piped.expect("the command ends with an exit");
     let oom_killed = text(&out.stdout).contains("rc=137");
     let deadline_killed = out.timed_out && out.signal == Some(9);
     assert!(

@@ -112,6 +112,11 @@ fn run(ctx: &Ctx, req: &ScrubRequest, clean: bool) -> Reply {
         0
     };
     let mut found = verify(&paths, ctx.tenant, clean);
+    if clean && found.is_empty() {
+        // The verification lists each path without moving its atime where the kernel honours
+        // O_NOATIME; gVisor does not, and would hand the next tenant the time of that listing.
+        reset_times(&paths);
+    }
     found.extend(crate::checkpoint::findings(&ctx.checkpoints));
     let verdict = Verdict {
         clean: found.is_empty(),
@@ -224,6 +229,23 @@ fn empty_and_restore(wp: &WritablePath, tenant: Tenant) -> io::Result<()> {
         first_error.get_or_insert(e);
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Sets each path's atime and mtime to `ROOT_TIME` again (opening a directory moves neither).
+fn reset_times(paths: &[WritablePath]) {
+    for wp in paths {
+        let Ok(c) = CString::new(wp.path.as_str()) else {
+            continue;
+        };
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: open with a NUL-terminated path; the descriptor is owned right away.
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        if fd >= 0 {
+            // SAFETY: `fd` was just opened and nothing else owns it.
+            let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+            let _ = sys::futimens(&dir, ROOT_TIME, ROOT_TIME);
+        }
+    }
 }
 
 /// Removes every extended attribute `dir` lists but an LSM label. The supervisor (root with

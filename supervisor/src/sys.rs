@@ -205,8 +205,22 @@ fn openat2_at(
 pub fn is_procfs(fd: &OwnedFd) -> io::Result<bool> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatfs fills a live statfs.
-    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) } as libc::c_long)?;
-    Ok(st.f_type == libc::PROC_SUPER_MAGIC)
+    match cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) } as libc::c_long) {
+        Ok(_) => Ok(st.f_type == libc::PROC_SUPER_MAGIC),
+        // gVisor answers fstatfs on an open procfs file with ENOSYS: the file's device is
+        // procfs's then, or it is taken for procfs (refused) when that cannot be told.
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            let mut file: libc::stat = unsafe { std::mem::zeroed() };
+            let mut proc: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstat and stat fill live stat buffers; the path is NUL-terminated.
+            let known = unsafe {
+                libc::fstat(fd.as_raw_fd(), &raw mut file) == 0
+                    && libc::stat(c"/proc".as_ptr(), &raw mut proc) == 0
+            };
+            Ok(!known || file.st_dev == proc.st_dev)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Marks every descriptor from 3 up close-on-exec. Async-signal-safe (used in `pre_exec`).

@@ -150,6 +150,12 @@ pub fn is_gvisor(config: &Config) -> bool {
     config.pool.runtime == "runsc"
 }
 
+/// Whether this test run's sandboxes run under gVisor (`SANDPOOL_TEST_SANDBOX_RUNTIME=runsc`,
+/// the gVisor run of scripts/test).
+pub fn gvisor_run() -> bool {
+    std::env::var("SANDPOOL_TEST_SANDBOX_RUNTIME").is_ok_and(|r| r == "runsc")
+}
+
 static IMAGE: OnceCell<()> = OnceCell::const_new();
 
 /// A gate on the real engine, with the sandbox image built if Docker lacks it.
