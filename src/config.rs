@@ -45,6 +45,18 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print a running deployment's state: every replica (alive, engine, pool idle/leased/max,
+    /// breaker, sessions). Read from `--url` (a replica, or nginx in front of them), else from
+    /// the store when `SANDPOOL_REDIS_URL` is set, else from `http://<SANDPOOL_LISTEN>`.
+    /// Exits 1 when nothing answers.
+    Status {
+        /// A replica's address, e.g. `http://127.0.0.1:8080`.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print JSON (the body of `GET /api/replicas`) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `sandpool image ...`

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pool;
 pub mod redis_conn;
 pub mod session;
+pub mod status;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -9,13 +9,18 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let command = cli.command.unwrap_or(Command::Serve);
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    );
+    // A command's own output (a table, JSON) is stdout's alone; its logs go to stderr.
+    if matches!(command, Command::Serve) {
+        logs.init();
+    } else {
+        logs.with_writer(std::io::stderr).init();
+    }
     let config = cli.config;
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
@@ -46,6 +51,33 @@ async fn main() -> anyhow::Result<()> {
                     println!(
                         "broken: session {session}, seq {}: {}",
                         broken.seq, broken.reason
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Status { url, json } => {
+            use sandpool::status::{Source, gather, render, replicas_json};
+            let source = match (url, &config.session.redis_url) {
+                (Some(url), _) => Source::Http(url),
+                (None, Some(redis)) => Source::Redis {
+                    url: redis.clone(),
+                    prefix: config.session.redis_prefix.clone(),
+                },
+                (None, None) => Source::Http(format!("http://{}", config.listen)),
+            };
+            match gather(&source).await {
+                Ok(replicas) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&replicas_json(&replicas))?
+                    )
+                }
+                Ok(replicas) => print!("{}", render(&replicas, &source)),
+                Err(error) => {
+                    eprintln!("sandpool status: {error}");
+                    eprintln!(
+                        "(start one with scripts/run, or say where it runs: --url http://HOST:PORT, or SANDPOOL_REDIS_URL for its store)"
                     );
                     std::process::exit(1);
                 }

@@ -1,5 +1,5 @@
 //! HTTP routes: the chat page (`/`, with the socket.io client it needs under `/vendor/`),
-//! `/healthz`, `/readyz`, `/api/pool`, `/metrics`.
+//! `/healthz`, `/readyz`, `/api/pool`, `/api/replicas`, `/metrics`.
 
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/pool", get(pool_status))
+        .route("/api/replicas", get(replicas))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -119,6 +120,7 @@ async fn pool_status(State(state): State<AppState>) -> Response {
         "max": pool.max,
         "image": pool.image,
         "instance": pool.instance,
+        "engine": pool.engine,
         "breaker": gate.breaker.as_str(),
         "closed": pool.closed,
         "gate": {
@@ -137,6 +139,25 @@ async fn pool_status(State(state): State<AppState>) -> Response {
         },
     }))
     .into_response()
+}
+
+/// Every replica of the deployment (as the store knows them) with its last status: what
+/// `sandpool status` prints. The store down: this replica alone, and `store: "unavailable"`.
+async fn replicas(State(state): State<AppState>) -> Response {
+    match state.sessions.replicas().await {
+        Ok(all) => Json(crate::status::replicas_json(&all)).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "listing the replicas failed");
+            let mine = crate::session::Replica {
+                instance: state.sessions.instance().to_string(),
+                alive: true,
+                status: Some(state.sessions.replica_status()),
+            };
+            let mut body = crate::status::replicas_json(&[mine]);
+            body["store"] = json!("unavailable");
+            Json(body).into_response()
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -63,6 +63,14 @@ impl DockerGate {
             .map(|_| ())
     }
 
+    /// The engine's own id (Docker's daemon ID, stable across its restarts): which engine
+    /// a replica's sandboxes live on.
+    pub async fn engine_id(&self) -> Result<String, DockerError> {
+        self.call("info", true, Admission::Request, || self.docker.info())
+            .await
+            .map(|info| info.id.unwrap_or_default())
+    }
+
     /// The labels of the image `tag`, or `None` when Docker does not have it.
     pub async fn image_labels(
         &self,

@@ -249,6 +249,8 @@ pub struct PoolStatus {
     pub max: usize,
     pub image: String,
     pub instance: String,
+    /// The engine the sandboxes live on (Docker's daemon ID; empty if it did not say).
+    pub engine: String,
     pub closed: bool,
     /// The Docker gate under the pool.
     pub gate: GateStatus,
@@ -273,6 +275,8 @@ struct Inner {
     config: PoolConfig,
     image: String,
     instance_id: String,
+    /// Docker's daemon ID of the engine (see `PoolStatus::engine`), asked once at start.
+    engine_id: String,
     /// `proto::holder_of(instance_id)`: sent with every supervisor request, so a sandbox can
     /// say which instance holds its newest generation.
     holder: u64,
@@ -322,9 +326,17 @@ impl ContainerPool {
             0 => now_unix().max(1) as u64,
             epoch => epoch,
         };
+        let engine_id = match gate.engine_id().await {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::warn!(%error, "the engine did not say its id");
+                String::new()
+            }
+        };
         let pool = Self {
             inner: Arc::new(Inner {
                 gate,
+                engine_id,
                 config: c.clone(),
                 image: config.image.image.clone(),
                 instance_id: config.instance_id.clone(),
@@ -415,6 +427,7 @@ impl ContainerPool {
             max: self.inner.config.max,
             image: self.inner.image.clone(),
             instance: self.inner.instance_id.clone(),
+            engine: self.inner.engine_id.clone(),
             closed: counts.closed,
             gate: self.inner.gate.status(),
         }

@@ -14,6 +14,7 @@ mod model;
 mod open;
 mod redis_scripts;
 mod redis_store;
+mod replicas;
 mod store;
 mod upkeep;
 mod workspace;
@@ -33,6 +34,7 @@ pub use model::{
     now_ms, token_matches, workspace_token_session,
 };
 pub use redis_store::RedisStore;
+pub use replicas::{Replica, ReplicaStatus, read_replicas};
 pub use store::{
     Bus, BusMessage, Cutoffs, InstanceClaim, Liveness, Ownership, Quotas, SandboxOwner,
     SessionRecords, SessionStore, StoreError, Sweep,

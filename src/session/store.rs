@@ -237,6 +237,18 @@ pub trait Liveness: Send + Sync {
 
     /// Where other replicas reach `instance`, if it said so within its ttl.
     async fn address(&self, instance: &str) -> Result<Option<String>, StoreError>;
+
+    /// Records `instance`'s status (a [`super::ReplicaStatus`] as JSON) for `ttl`: renewed
+    /// with the heartbeat, for `sandpool status` and `GET /api/replicas`.
+    async fn set_status(
+        &self,
+        instance: &str,
+        status: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// `instance`'s status, if it wrote one within its ttl.
+    async fn status_of(&self, instance: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// Messages between instances about sessions changing hands (see `handover.rs`).

@@ -184,6 +184,16 @@ impl SessionManager {
                 .set_address(&self.inner.instance, url, self.inner.settings.heartbeat_ttl)
                 .await?;
         }
+        if renewed && let Ok(status) = serde_json::to_string(&self.replica_status()) {
+            self.inner
+                .store
+                .set_status(
+                    &self.inner.instance,
+                    &status,
+                    self.inner.settings.heartbeat_ttl,
+                )
+                .await?;
+        }
         Ok(())
     }
 

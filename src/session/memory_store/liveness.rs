@@ -73,6 +73,22 @@ impl Liveness for MemoryStore {
         Ok(self.lock().addresses.get(instance).cloned())
     }
 
+    async fn set_status(
+        &self,
+        instance: &str,
+        status: &str,
+        _ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .statuses
+            .insert(instance.to_string(), status.to_string());
+        Ok(())
+    }
+
+    async fn status_of(&self, instance: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.lock().statuses.get(instance).cloned())
+    }
+
     async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError> {
         let mut mem = self.lock();
         if mem

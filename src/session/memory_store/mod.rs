@@ -31,6 +31,8 @@ struct Mem {
     heartbeats: HashMap<String, (Instant, String)>,
     /// Instance → its internal URL (`Liveness::set_address`).
     addresses: HashMap<String, String>,
+    /// Instance → its status JSON (`Liveness::set_status`).
+    statuses: HashMap<String, String>,
     /// Who serves each sandbox (see `SessionStore::sandbox_owner`).
     sandboxes: HashMap<String, SandboxOwner>,
     /// The last epoch handed out.

@@ -89,6 +89,33 @@ impl Liveness for RedisStore {
             .map_err(unavailable)
     }
 
+    async fn set_status(
+        &self,
+        instance: &str,
+        status: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(
+                format!("{}status:{instance}", self.prefix),
+                status,
+                ttl.as_millis() as u64,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn status_of(&self, instance: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .clone()
+            .get(format!("{}status:{instance}", self.prefix))
+            .await
+            .map_err(unavailable)
+    }
+
     async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError> {
         let _: i64 = self
             .scripts

@@ -15,6 +15,8 @@
 //! | `P sandbox:<container>` | hash | `owner`, `session`, `fence`: who serves the sandbox under which lease; written with the session record at every open, transfer and takeover, deleted with the session |
 //! | `P epoch` | string | the last epoch of fencing tokens handed out (never below the clock in seconds) |
 //! | `P instances` | set | every instance that ever heartbeated here |
+//! | `P addr:<instance>` | string with a TTL | the instance's internal URL (`SANDPOOL_INTERNAL_URL`), renewed with its heartbeat |
+//! | `P status:<instance>` | string with a TTL | the instance's `ReplicaStatus` (JSON: engine, pool, breaker, sessions), renewed with its heartbeat |
 //! | `P handed:<instance>` | set | containers labeled with the instance that it handed to another instance with their session |
 //! | `P bus:<instance>` | pub/sub channel | hand-over messages to the instance (JSON `BusMessage`) |
 //!
