@@ -300,11 +300,12 @@ fn docker_root(id: &str, script: &str) -> String {
     docker(&["exec", "--user", "0", id, "sh", "-c", script])
 }
 
-/// `docker exec` as root, for a command that may take the container down with it: its exit
-/// status is not judged.
+/// `docker exec` as root, for a command that may take the container down with it: started
+/// detached (an exec that waits for a command that took its gVisor sandbox down never
+/// returns), its exit status not judged.
 fn docker_root_unchecked(id: &str, script: &str) {
     let out = std::process::Command::new("docker")
-        .args(["exec", "--user", "0", id, "sh", "-c", script])
+        .args(["exec", "--detach", "--user", "0", id, "sh", "-c", script])
         .output()
         .expect("docker CLI runs");
     eprintln!(
