@@ -68,25 +68,13 @@ impl Liveness for RedisStore {
         url: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let _: () = self
-            .conn
-            .clone()
-            .pset_ex(
-                format!("{}addr:{instance}", self.prefix),
-                url,
-                ttl.as_millis() as u64,
-            )
+        self.put_expiring(&format!("{}addr:{instance}", self.prefix), url, ttl)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn address(&self, instance: &str) -> Result<Option<String>, StoreError> {
-        self.conn
-            .clone()
-            .get(format!("{}addr:{instance}", self.prefix))
+        self.get_string(&format!("{}addr:{instance}", self.prefix))
             .await
-            .map_err(unavailable)
     }
 
     async fn set_status(
@@ -95,25 +83,13 @@ impl Liveness for RedisStore {
         status: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let _: () = self
-            .conn
-            .clone()
-            .pset_ex(
-                format!("{}status:{instance}", self.prefix),
-                status,
-                ttl.as_millis() as u64,
-            )
+        self.put_expiring(&format!("{}status:{instance}", self.prefix), status, ttl)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn status_of(&self, instance: &str) -> Result<Option<String>, StoreError> {
-        self.conn
-            .clone()
-            .get(format!("{}status:{instance}", self.prefix))
+        self.get_string(&format!("{}status:{instance}", self.prefix))
             .await
-            .map_err(unavailable)
     }
 
     async fn remove_heartbeat(&self, instance: &str, incarnation: &str) -> Result<(), StoreError> {
@@ -126,5 +102,22 @@ impl Liveness for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+impl RedisStore {
+    /// `key = value` for `ttl` (renewed by whoever writes it again).
+    async fn put_expiring(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(key, value, ttl.as_millis() as u64)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_string(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn.clone().get(key).await.map_err(unavailable)
     }
 }
