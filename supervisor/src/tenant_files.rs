@@ -111,6 +111,10 @@ fn known_code(code: &str) -> &'static str {
 /// reply frame on stdout, then exit. It runs as the tenant already, so it takes no file
 /// credentials of its own.
 pub fn serve() -> i32 {
+    // A file is made with exactly the mode asked for, as the supervisor's own threads make
+    // it (the spawn gave this process the tenant's usual 022).
+    // SAFETY: plain libc call.
+    unsafe { libc::umask(0) };
     let mut input = Vec::new();
     if std::io::stdin()
         .take((4 + proto::MAX_FRAME_BYTES) as u64)
