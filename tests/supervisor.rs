@@ -1325,7 +1325,7 @@ async fn fork_bomb_against_the_pids_limit_is_scrubbed() {
     let cleanup = Cleanup::new(&instance);
     let mut config = small_config(&instance, 1, 1);
     // Under gVisor its own ~50 threads count too.
-    config.pool.pids_limit = if is_gvisor(&config) { 160 } else { 64 };
+    config.pool.pids_limit = if gvisor_run() { 160 } else { 64 };
     let pool = within(90, "warm pool", warm_pool(&config, &cleanup)).await;
     let lease = within(30, "acquire", pool.acquire())
         .await
@@ -1339,13 +1339,13 @@ async fn fork_bomb_against_the_pids_limit_is_scrubbed() {
         fork_bomb_base64()
     );
     let launched = run_spec(&pool, &id, &shell(&script, Duration::from_secs(20))).await;
-    if is_gvisor(&config) && (launched.is_err() || ping(&pool, &id).await.is_err()) {
+    if gvisor_run() && (launched.is_err() || ping(&pool, &id).await.is_err()) {
         return sandbox_died_and_was_replaced(&pool, &instance, &id).await;
     }
     let out = launched.expect("bomb launched");
     assert!(text(&out.stdout).contains("started"), "{out:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    if is_gvisor(&config) && ping(&pool, &id).await.is_err() {
+    if gvisor_run() && ping(&pool, &id).await.is_err() {
         return sandbox_died_and_was_replaced(&pool, &instance, &id).await;
     }
 
@@ -1422,7 +1422,7 @@ async fn filling_memory_kills_the_tenant_not_the_supervisor() {
         &argv(&["tail", "/dev/zero"], Duration::from_secs(60)),
     )
     .await;
-    if is_gvisor(&config) && hog.is_err() {
+    if gvisor_run() && hog.is_err() {
         return sandbox_died_and_was_replaced(&pool, &instance, &id).await;
     }
     let out = hog.expect("the command ends with an exit");
@@ -1451,7 +1451,7 @@ async fn filling_memory_kills_the_tenant_not_the_supervisor() {
         ),
     )
     .await;
-    if is_gvisor(&config) && piped.is_err() {
+    if gvisor_run() && piped.is_err() {
         return sandbox_died_and_was_replaced(&pool, &instance, &id).await;
     }
     let out = piped.expect("the command ends with an exit");

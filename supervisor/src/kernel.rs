@@ -30,9 +30,9 @@ pub struct Kernel {
 
 static KERNEL: OnceLock<Kernel> = OnceLock::new();
 
-/// Probes the kernel (once, at startup, before any tenant process exists) and says what it
-/// lacks on stderr, which the host logs.
-pub fn probe() -> Kernel {
+/// What the kernel offers: probed on the first call (at startup, before any tenant process
+/// exists), which also says on stderr, where the host logs it, what the kernel lacks.
+pub fn get() -> Kernel {
     *KERNEL.get_or_init(|| {
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: a NUL-terminated literal and a live statfs.
@@ -58,11 +58,6 @@ pub fn probe() -> Kernel {
         }
         kernel
     })
-}
-
-/// What the probe found (the probe runs first if it has not yet).
-pub fn get() -> Kernel {
-    probe()
 }
 
 /// The seccomp filter of tenant processes on a kernel without an mqueue filesystem: x86-64

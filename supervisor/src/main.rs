@@ -176,7 +176,7 @@ fn prepare() -> Result<(), String> {
         libc::umask(0);
     }
     // What the kernel lacks is known before any tenant process or thread exists.
-    kernel::probe();
+    kernel::get();
     // Nothing the container runtime left open may reach a tenant command.
     sys::cloexec_from_3().map_err(|e| format!("close_range: {e}"))
 }

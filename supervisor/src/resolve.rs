@@ -82,7 +82,7 @@ pub fn open(
         };
         // A link is followed unless it is the last component and O_NOFOLLOW was asked.
         if fsat::kind(&st) == libc::S_IFLNK && (follow_last || !last) {
-            if no_magic && on_procfs(cur)? {
+            if no_magic && crate::sys::is_procfs(stack.last().expect("the walk has a start"))? {
                 return Err(err(libc::ELOOP));
             }
             links += 1;
@@ -144,15 +144,6 @@ fn reopen(fd: &OwnedFd, flags: libc::c_int) -> io::Result<OwnedFd> {
         return fd.try_clone();
     }
     fsat::open(fd.as_raw_fd(), c".", flags, 0)
-}
-
-fn on_procfs(dir: RawFd) -> io::Result<bool> {
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs fills a live statfs.
-    if unsafe { libc::fstatfs(dir, &raw mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_type == libc::PROC_SUPER_MAGIC)
 }
 
 #[cfg(test)]

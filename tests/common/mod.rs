@@ -134,7 +134,7 @@ pub fn test_config(instance: &str) -> Config {
     config.pool.memory_bytes = 128 << 20;
     config.pool.tmpfs_bytes = 32 << 20;
     config.pool.pids_limit = 128;
-    if is_gvisor(&config) {
+    if gvisor_run() {
         // gVisor's own threads (its Go runtime, a stub process per tenant process under
         // --platform=ptrace) count against the container's pids limit: about 50 at rest.
         config.pool.pids_limit = 1024;
@@ -144,14 +144,9 @@ pub fn test_config(instance: &str) -> Config {
     config
 }
 
-/// Whether the sandboxes of `config` run under gVisor (`runsc`), where a few things are
-/// known to differ (the README's gVisor section lists them; the tests say where).
-pub fn is_gvisor(config: &Config) -> bool {
-    config.pool.runtime == "runsc"
-}
-
 /// Whether this test run's sandboxes run under gVisor (`SANDPOOL_TEST_SANDBOX_RUNTIME=runsc`,
-/// the gVisor run of scripts/test).
+/// the gVisor run of scripts/test), where a few things are known to differ (the README's
+/// gVisor section lists them; the tests say where).
 pub fn gvisor_run() -> bool {
     std::env::var("SANDPOOL_TEST_SANDBOX_RUNTIME").is_ok_and(|r| r == "runsc")
 }
