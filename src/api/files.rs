@@ -172,6 +172,9 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > api.file_max_bytes() as u64) {
+        // Nothing of it is kept, but it is read (as a refusal half-way is, below): a client
+        // that writes its whole body before it reads would otherwise see a broken pipe.
+        drain(body.into_data_stream()).await;
         return Err(ApiError::new(
             ErrorCode::TooLarge,
             format!(
@@ -187,8 +190,7 @@ async fn upload(
     if result.is_err() {
         // Read what the client still sends before answering: a client that writes its whole
         // body before it reads (most do) would otherwise see a reset, not the error.
-        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
-        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, data.next()).await {}
+        drain(data).await;
     }
     api.audit_file(
         &session_id,
@@ -224,4 +226,10 @@ async fn archive(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Reads and drops what is left of a request body, for at most `DRAIN_LIMIT`.
+async fn drain(mut data: axum::body::BodyDataStream) {
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, data.next()).await {}
 }
